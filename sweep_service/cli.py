@@ -1,0 +1,88 @@
+"""Command line: `python -m sweep_service COMMAND --help`.
+
+Subcommands are registered by the module that owns them (`register(subparsers)`), and
+each handler returns the process exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sweep_service.config import ConfigError, load_config
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = {"database": args.db, "output_dir": args.out, "data_root": args.data_root,
+                 "weights_dir": args.weights_dir}
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from sweep_service.coordinator import SweepAborted, run_sweep
+
+    try:
+        summary = run_sweep(config)
+    except SweepAborted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0 if summary.ok else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    from sweep_service.store import ResultStore
+
+    try:
+        store = ResultStore.open_existing(args.db)
+        sweep = store.sweep(args.sweep)
+    except (FileNotFoundError, LookupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    counts = store.counts(sweep["sweep_id"])
+    print(f"sweep {sweep['sweep_id']} ({sweep['status']}), data: {sweep['dataset']}, weights: {sweep['weights']}")
+    print("  " + ", ".join(f"{n} {status}" for status, n in counts.items()))
+    for row in store.trials(sweep["sweep_id"]):
+        accuracy = f"{row['accuracy']:.1%}" if row["accuracy"] is not None else "-"
+        reduction = f"{row['param_reduction']:.1%}" if row["param_reduction"] is not None else "-"
+        where = row["worker_host"] or ""
+        print(f"  {row['model']:<16} {row['pruner']:<10} {row['rate']:>4.0%}  {row['status']:<9} "
+              f"acc {accuracy:>6}  params -{reduction:>6}  {where}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sweep_service import plugin_cli
+    from sweep_service.report import cli as report_cli
+
+    parser = argparse.ArgumentParser(
+        prog="python -m sweep_service",
+        description="Sweep pretrained CNNs x pruning algorithms x pruning rates on Ray; "
+                    "results go to SQLite and comparison charts.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run (or resume) the sweep a YAML config describes",
+                         description="Run a sweep. Completed trials of the same config are not run "
+                                     "again. Joins the Ray cluster at RAY_ADDRESS if set, else "
+                                     "starts a local one.")
+    run.add_argument("config", type=Path, help="sweep config (YAML), e.g. configs/smoke.yaml")
+    run.add_argument("--db", type=Path, help="SQLite file (overrides the config's `database`)")
+    run.add_argument("--out", type=Path, help="output folder for models and the report (overrides `output_dir`)")
+    run.add_argument("--data-root", type=Path, help="data set folder (overrides `data_root`)")
+    run.add_argument("--weights-dir", type=Path, help="pretrained weights cache (overrides `weights_dir`)")
+    run.set_defaults(func=_run)
+
+    status = sub.add_parser("status", help="show a sweep's trials and their status")
+    status.add_argument("--db", type=Path, required=True, help="SQLite file of the sweep")
+    status.add_argument("--sweep", help="sweep id (default: the latest)")
+    status.set_defaults(func=_status)
+
+    report_cli.register(sub)
+    plugin_cli.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,241 @@
+"""Sweep configuration: one YAML file, validated before anything runs.
+
+Relative paths are resolved against the working directory at load time, so trials
+receive absolute paths. Command-line overrides are applied before validation, and the
+final config is what gets stored with the results.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DATASETS = ("cifar10", "synthetic")
+WEIGHTS = ("imagenet", "none")
+PRUNE_FROM = ("baseline", "pretrained")
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message names each bad field and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: PositiveFloat = 0.01
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: NonNegativeFloat = 5e-4
+
+
+class LayerSelection(_Strict):
+    """Which layers a pruner may touch. Pruning studies leave the stem conv and the
+    classifier alone by default: the stem has few channels and the classifier's
+    outputs are the classes."""
+
+    types: list[Literal["Conv2d", "Linear"]] = Field(default_factory=lambda: ["Conv2d"], min_length=1)
+    include_first_conv: bool = False
+    include_classifier: bool = False
+    exclude: list[str] = Field(default_factory=list)
+
+
+class Resources(_Strict):
+    cpus: PositiveFloat = 1.0
+    gpus: NonNegativeFloat = 0.0
+
+
+class Constraints(_Strict):
+    """Limits for `recommend` and the report's recommendation."""
+
+    max_params: PositiveInt | None = None
+    max_macs: PositiveInt | None = None
+    max_latency_ms: PositiveFloat | None = None
+    max_size_mb: PositiveFloat | None = None
+    min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class RateRange(_Strict):
+    start: float
+    stop: float
+    step: PositiveFloat
+
+    def values(self) -> list[float]:
+        n = int(round((self.stop - self.start) / self.step))
+        return [round(self.start + i * self.step, 6) for i in range(n + 1)]
+
+
+class SweepConfig(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    models: list[str] = Field(min_length=1)
+    pruners: list[str] = Field(min_length=1)
+    rates: list[float] = Field(min_length=1)
+    dataset: Literal["cifar10", "synthetic"]
+    data_root: Path = Path("data")
+    weights: Literal["imagenet", "none"] = "imagenet"
+    weights_dir: Path = Path("weights")
+    image_size: int = Field(32, ge=16, le=512)
+    baseline_epochs: NonNegativeInt = 3
+    finetune_epochs: NonNegativeInt = 1
+    batch_size: PositiveInt = 128
+    eval_batch_size: PositiveInt = 512
+    optimizer: OptimizerConfig = OptimizerConfig()
+    augment: bool = True
+    seed: int = 0
+    train_subset: PositiveInt | None = None
+    test_subset: PositiveInt | None = None
+    calibration_batches: PositiveInt = 4
+    layers: LayerSelection = LayerSelection()
+    prune_from: Literal["baseline", "pretrained"] = "baseline"
+    resources: Resources = Resources()
+    max_retries: NonNegativeInt = 2
+    latency_runs: PositiveInt = 20
+    database: Path = Path("results/sweep.db")
+    output_dir: Path = Path("results")
+    constraints: Constraints | None = None
+
+    @field_validator("rates", mode="before")
+    @classmethod
+    def _expand_rate_range(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return RateRange(**value).values()
+        return value
+
+    @field_validator("rates")
+    @classmethod
+    def _rates_in_unit_interval(cls, rates: list[float]) -> list[float]:
+        bad = [r for r in rates if not 0.0 < r < 1.0]
+        if bad:
+            raise ValueError(f"pruning rates must be fractions strictly between 0 and 1, got {bad}")
+        if len(set(rates)) != len(rates):
+            raise ValueError(f"rates repeat a value: {rates}")
+        return sorted(rates)
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, models: list[str]) -> list[str]:
+        from model_zoo import list_models
+
+        unknown = [m for m in models if m not in list_models()]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; known models: {', '.join(list_models())}")
+        if len(set(models)) != len(models):
+            raise ValueError(f"models repeat a name: {models}")
+        return models
+
+    @field_validator("pruners")
+    @classmethod
+    def _known_pruners(cls, pruners: list[str]) -> list[str]:
+        from sweep_service.plugins import load_plugins
+
+        known = sorted(load_plugins())
+        unknown = [p for p in pruners if p not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown pruner(s) {unknown}; known pruners: {', '.join(known)} "
+                "(see `python -m sweep_service plugins list`)"
+            )
+        if len(set(pruners)) != len(pruners):
+            raise ValueError(f"pruners repeat a name: {pruners}")
+        return pruners
+
+    @model_validator(mode="after")
+    def _input_size_fits_models(self) -> "SweepConfig":
+        from model_zoo import model_info
+
+        too_small = [m for m in self.models if self.image_size < model_info(m).min_input_size]
+        if too_small:
+            need = max(model_info(m).min_input_size for m in too_small)
+            raise ValueError(
+                f"image_size {self.image_size} is too small for {too_small}: they need at least "
+                f"{need} px; raise image_size or drop those models"
+            )
+        return self
+
+    def resolved(self) -> "SweepConfig":
+        """Copy with every path made absolute (trials must not depend on a cwd)."""
+        return self.model_copy(
+            update={
+                field: getattr(self, field).expanduser().resolve()
+                for field in ("data_root", "weights_dir", "database", "output_dir")
+            }
+        )
+
+    def sweep_id(self) -> str:
+        """Name plus a hash of what defines the experiment (not the grid axes, paths or
+        resources), so that re-running a config resumes the same sweep and widening the
+        grid adds trials to it, while changing e.g. the epochs starts a new sweep."""
+        defining = self.model_dump(
+            mode="json",
+            exclude={"models", "pruners", "rates", "data_root", "weights_dir", "database",
+                     "output_dir", "resources", "max_retries", "constraints", "latency_runs"},
+        )
+        digest = hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.name}-{digest}"
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def _format_errors(source: str, error: ValidationError) -> str:
+    lines = [f"invalid config {source}:"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = f"unknown field; allowed fields: {', '.join(_allowed_fields(item['loc']))}"
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        lines.append(f"  - {where}: {message}")
+    return "\n".join(lines)
+
+
+def _allowed_fields(loc: tuple) -> list[str]:
+    model: type[BaseModel] = SweepConfig
+    for part in loc[:-1]:
+        annotation = model.model_fields[part].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next(c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel))
+    return sorted(model.model_fields)
+
+
+def parse_config(data: Any, *, source: str = "<config>", overrides: dict[str, Any] | None = None) -> SweepConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {source}: expected a mapping of fields, got {type(data).__name__}")
+    data = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    try:
+        return SweepConfig(**data).resolved()
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """Read and validate a YAML sweep config; `overrides` (e.g. from the CLI) win."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        raise ConfigError(f"config file {path} is empty")
+    if isinstance(data, dict):
+        data.setdefault("name", path.stem)
+    return parse_config(data, source=str(path), overrides=overrides)

@@ -1,0 +1,263 @@
+"""The coordinator: expands the grid, dispatches trials to Ray, records results.
+
+It is the only writer of the results database. Baselines run first; each model's pruned
+trials are dispatched once its baseline checkpoint exists. At most as many trials are
+in flight as the cluster has slots for, so `running` in the database means running.
+A trial whose worker dies is retried by Ray (`max_retries`); a trial that fails in its
+own code comes back as a failed result and the sweep goes on.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from model_zoo import WeightsUnavailableError
+from model_zoo._registry import fetch_imagenet_weights
+from sweep_service import data as datasets
+from sweep_service.config import SweepConfig
+from sweep_service.grid import TrialSpec, expand
+from sweep_service.plugins import plugins_dir
+from sweep_service.quiet import silence_libraries
+from sweep_service.store import BASELINE, COMPLETED, FAILED, ResultStore
+from sweep_service.versions import library_versions
+
+REPORT_INTERVAL_S = 10.0
+WORKER_WAIT_S = 600.0
+
+class SweepAborted(RuntimeError):
+    """The sweep cannot start (data or weights missing, no Ray workers...)."""
+
+@dataclass
+class SweepSummary:
+    sweep_id: str
+    counts: dict[str, int]
+    ran: int
+    skipped: int
+    wall_s: float
+    report: Path | None = None
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        # Failed trials are results, not errors; the sweep is fine if nothing is left over.
+        return self.counts.get("pending", 0) == 0 and self.counts.get("running", 0) == 0
+
+def prepare_inputs(config: SweepConfig) -> None:
+    """Fail before Ray starts if the data set or the pretrained weights cannot be had."""
+    try:
+        datasets.prepare(config.dataset, config.data_root)
+    except datasets.DatasetUnavailableError as exc:
+        raise SweepAborted(str(exc)) from None
+    if config.weights == "imagenet":
+        for model in config.models:
+            try:
+                fetch_imagenet_weights(model, config.weights_dir)
+            except WeightsUnavailableError as exc:
+                raise SweepAborted(str(exc)) from None
+
+def _start_ray(config: SweepConfig):
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS")
+    options: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False,
+                                   configure_logging=True)
+    # Workers import this package from the same installation as the coordinator, and
+    # find plugins in the same folder (mounted into every container in Docker).
+    env = {"SWEEP_PLUGINS_DIR": str(plugins_dir()), "PYTHONWARNINGS": "ignore"}
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, **options)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env={"env_vars": env},
+                 **options)
+    return ray
+
+def _slots(ray, config: SweepConfig) -> int:
+    resources = ray.cluster_resources()
+    slots = int(resources.get("CPU", 0) // config.resources.cpus)
+    if config.resources.gpus > 0:
+        slots = min(slots, int(resources.get("GPU", 0) // config.resources.gpus))
+    return slots
+
+def _remote_trial(spec: TrialSpec, baseline_checkpoint: bytes | None, plugins_folder: str):
+    from sweep_service.trial import run_trial
+
+    return run_trial(spec, baseline_checkpoint, plugins_folder)
+
+class _Dispatcher:
+    """Keeps the cluster's slots busy and records every result as it arrives."""
+
+    def __init__(self, ray, config: SweepConfig, store: ResultStore, sweep_id: str, bar: tqdm):
+        self.ray = ray
+        self.config = config
+        self.store = store
+        self.sweep_id = sweep_id
+        self.bar = bar
+        self.remote = ray.remote(_remote_trial).options(
+            num_cpus=config.resources.cpus, num_gpus=config.resources.gpus,
+            max_retries=config.max_retries, retry_exceptions=False)
+        self.in_flight: dict[Any, tuple[TrialSpec, float]] = {}
+        self.checkpoints: dict[str, Any] = {}  # baseline key -> ObjectRef of its state_dict bytes
+        self.failed: list[str] = []
+        self.ran = 0
+        self.models_dir = config.output_dir / "models"
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+
+    def submit(self, spec: TrialSpec) -> None:
+        checkpoint = self.checkpoints.get(spec.baseline_key) if spec.baseline_key else None
+        ref = self.remote.remote(spec, checkpoint, str(plugins_dir()))
+        self.in_flight[ref] = (spec, time.time())
+        self.store.mark_running(self.sweep_id, spec.key)
+
+    def wait_one(self) -> TrialSpec:
+        done, _ = self.ray.wait(list(self.in_flight), num_returns=1)
+        ref = done[0]
+        spec, submitted = self.in_flight.pop(ref)
+        try:
+            output = self.ray.get(ref)
+            result, artifact = output.result, output.artifact
+            result["time_wait_s"] = max(0.0, output.started_at - submitted)
+        except Exception as exc:  # the worker died more often than max_retries allows
+            result, artifact = {"status": FAILED, "error": f"worker lost: {type(exc).__name__}: {exc}"}, None
+        if result["status"] == COMPLETED and artifact is not None:
+            result["artifact_path"] = str(self._save(spec, artifact))
+            if spec.kind == BASELINE:
+                self.checkpoints[spec.key] = self.ray.put(artifact)
+        self.store.record(self.sweep_id, spec.key, result)
+        self.store.link_baselines(self.sweep_id)
+        self.ran += 1
+        self._log(spec, result)
+        return spec
+
+    def _save(self, spec: TrialSpec, artifact: bytes) -> Path:
+        stem = f"{spec.model}-baseline" if spec.kind == BASELINE else f"{spec.model}-{spec.pruner}-{spec.rate:.2f}"
+        path = self.models_dir / f"{stem}-{spec.key}.pt"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(artifact)
+        tmp.replace(path)
+        return path
+
+    def _log(self, spec: TrialSpec, result: dict[str, Any]) -> None:
+        self.bar.update(1)
+        if result["status"] == COMPLETED:
+            line = (f"done   {spec.label:<28} acc {result['accuracy']:.1%}  "
+                    f"params -{result['param_reduction']:.0%}  {result.get('time_total_s', 0):.0f}s "
+                    f"on {result.get('worker_host')}")
+        else:
+            first_line = (result.get("error") or "").splitlines()[0] if result.get("error") else ""
+            line = f"FAILED {spec.label:<28} {first_line}"
+            self.failed.append(f"{spec.label}: {first_line}")
+        self.bar.write(line)
+
+def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
+    """Run (or resume) the sweep `config` describes; returns when no trial is left."""
+    from sweep_service.report import write_report
+
+    started = time.time()
+    silence_libraries()
+    specs = list(expand(config))
+    sweep_id = config.sweep_id()
+    prepare_inputs(config)
+
+    store = ResultStore(config.database)
+    store.begin_sweep(sweep_id=sweep_id, name=config.name, config_json=config.to_json(),
+                      dataset=config.dataset, weights=config.weights, versions=library_versions())
+    store.add_trials(sweep_id, specs)
+    store.reset_unfinished(sweep_id)
+    finished = {row["key"]: row for row in store.trials(sweep_id) if row["status"] in (COMPLETED, FAILED)}
+    todo = [s for s in specs if s.key not in finished or finished[s.key]["status"] == FAILED]
+    skipped = len(specs) - len(todo)
+    report_dir = config.output_dir / "report"
+    print(f"sweep {sweep_id}: {len(specs)} trials ({len(config.models)} models x "
+          f"{len(config.pruners)} pruners x {len(config.rates)} rates + baselines), "
+          f"{skipped} already done, {len(todo)} to run; data: {datasets.describe(config.dataset)}, "
+          f"weights: {config.weights}", flush=True)
+    if not todo:
+        report = write_report(config.database, report_dir, sweep_id=sweep_id)
+        return _finish(store, sweep_id, 0, skipped, started, report, [])
+
+    ray = _start_ray(config)
+    try:
+        bar = tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+        dispatcher = _Dispatcher(ray, config, store, sweep_id, bar)
+        _run_queue(ray, config, dispatcher, todo, finished, report_dir)
+        bar.close()
+        report = write_report(config.database, report_dir, sweep_id=sweep_id)
+        return _finish(store, sweep_id, dispatcher.ran, skipped, started, report, dispatcher.failed)
+    except KeyboardInterrupt:
+        store.reset_unfinished(sweep_id)
+        store.end_sweep(sweep_id, "interrupted")
+        raise
+    finally:
+        ray.shutdown()
+
+def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[TrialSpec],
+               finished: dict[str, dict], report_dir: Path) -> None:
+    from sweep_service.report import write_report
+
+    # Baselines finished in an earlier run hand their saved checkpoint to their trials.
+    for key, row in finished.items():
+        if row["kind"] == BASELINE and row["status"] == COMPLETED:
+            path = Path(row["artifact_path"] or "")
+            if path.is_file():
+                dispatcher.checkpoints[key] = ray.put(path.read_bytes())
+    baselines_todo = {s.key for s in todo if s.kind == BASELINE}
+    missing = {s.baseline_key for s in todo if s.baseline_key and s.baseline_key not in dispatcher.checkpoints
+               and s.baseline_key not in baselines_todo}
+    if missing:  # a completed baseline whose checkpoint file is gone: train it again
+        extra = [s for s in expand(config) if s.key in missing]
+        todo = extra + todo
+        dispatcher.bar.total += len(extra)
+    ready = deque(s for s in todo if s.kind == BASELINE or s.baseline_key in dispatcher.checkpoints)
+    ready_keys = {s.key for s in ready}
+    waiting = [s for s in todo if s.key not in ready_keys]
+    last_report = 0.0
+    waited_since = time.time()
+    while ready or waiting or dispatcher.in_flight:
+        slots = _slots(ray, config)
+        if slots == 0 and not dispatcher.in_flight:
+            if time.time() - waited_since > WORKER_WAIT_S:
+                raise SweepAborted(f"no Ray node offers {config.resources.cpus} CPU(s) "
+                                   f"{'and %s GPU(s) ' % config.resources.gpus if config.resources.gpus else ''}"
+                                   f"for a trial after {WORKER_WAIT_S:.0f} s; start workers or lower `resources`")
+            dispatcher.bar.set_postfix_str("waiting for Ray workers")
+            time.sleep(2)
+            continue
+        while ready and len(dispatcher.in_flight) < max(slots, 1):
+            dispatcher.submit(ready.popleft())
+        if not dispatcher.in_flight:
+            break
+        spec = dispatcher.wait_one()
+        if spec.kind == BASELINE:
+            children = [s for s in waiting if s.baseline_key == spec.key]
+            waiting = [s for s in waiting if s.baseline_key != spec.key]
+            if spec.key in dispatcher.checkpoints:
+                ready.extend(children)
+            else:
+                for child in children:
+                    dispatcher.store.record(dispatcher.sweep_id, child.key, {
+                        "status": FAILED, "error": f"baseline of {spec.model} failed; trial not run"})
+                    dispatcher._log(child, {"status": FAILED, "error": "baseline failed"})
+        if time.time() - last_report > REPORT_INTERVAL_S:
+            write_report(config.database, report_dir, sweep_id=dispatcher.sweep_id)
+            last_report = time.time()
+
+def _finish(store: ResultStore, sweep_id: str, ran: int, skipped: int, started: float,
+            report: Path | None, failed: list[str]) -> SweepSummary:
+    counts = store.counts(sweep_id)
+    summary = SweepSummary(sweep_id, counts, ran, skipped, time.time() - started, report, failed)
+    store.end_sweep(sweep_id, "finished" if summary.ok else "incomplete")
+    print(f"sweep {sweep_id} finished in {summary.wall_s:.0f} s: ran {ran}, skipped {skipped} already done; "
+          + ", ".join(f"{n} {status}" for status, n in counts.items()))
+    for line in failed:
+        print(f"  failed: {line}")
+    print(f"results: {store.path}" + (f"\nreport:  {report}" if report else ""))
+    return summary

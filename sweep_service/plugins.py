@@ -1,0 +1,137 @@
+"""The pruner plugin contract and its registry.
+
+A plugin is a subclass of `PrunerPlugin` with a `name`, a one-line `description`,
+`needs_data`, and one method, `masks()`, that returns NNI-style masks:
+``{module_name: {"weight": 0/1 tensor shaped like the weight, "bias": ... (optional)}}``.
+The service does the rest (validation, physical removal with NNI's ModelSpeedup,
+fine-tuning, evaluation, recording), so every plugin is measured the same way.
+
+Plugins are found in two places, on every process that needs them (a Ray worker loads
+them itself rather than trusting an import side effect of the coordinator):
+- every ``*.py`` module not starting with ``_`` in the plugins folder (``SWEEP_PLUGINS_DIR``,
+  default: the ``pruner_plugins/`` folder beside this package);
+- installed packages declaring an entry point in the group ``sweep_service.pruners``
+  that points at a `PrunerPlugin` subclass.
+"""
+from __future__ import annotations
+
+import abc
+import importlib.util
+import inspect
+import os
+import sys
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import ClassVar, Iterable
+
+import torch
+from torch import nn
+
+ENTRY_POINT_GROUP = "sweep_service.pruners"
+DEFAULT_PLUGINS_DIR = Path(__file__).resolve().parents[1] / "pruner_plugins"
+
+Masks = dict[str, dict[str, torch.Tensor]]
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+class PluginError(RuntimeError):
+    pass
+
+
+class PrunerPlugin(abc.ABC):
+    """Base class of every pruning algorithm the sweep can compare."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    needs_data: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def masks(self, model: nn.Module, rate: float, layers: list[str], data: Batches | None) -> Masks:
+        """Return masks that remove about `rate` of the weights of `layers`.
+
+        `model` is a copy in eval mode; the plugin may modify it. `layers` are module
+        names (as in `model.named_modules()`) the plugin may prune; masks for other
+        modules are an error. `data` is a few (inputs, labels) training batches when
+        `needs_data` is true, else None.
+        """
+
+
+@dataclass(frozen=True)
+class PluginEntry:
+    name: str
+    cls: type[PrunerPlugin]
+    source: str  # file path or "entry point NAME = module:attr (distribution)"
+
+    @property
+    def description(self) -> str:
+        return self.cls.description
+
+    def create(self) -> PrunerPlugin:
+        return self.cls()
+
+
+def plugins_dir() -> Path:
+    return Path(os.environ.get("SWEEP_PLUGINS_DIR") or DEFAULT_PLUGINS_DIR).resolve()
+
+
+def _plugin_classes(namespace: dict) -> list[type[PrunerPlugin]]:
+    return [
+        obj for obj in namespace.values()
+        if inspect.isclass(obj) and issubclass(obj, PrunerPlugin) and not inspect.isabstract(obj)
+        and obj.__module__ == namespace["__name__"] and "name" in vars(obj)
+    ]
+
+
+def _from_folder(folder: Path) -> list[PluginEntry]:
+    found = []
+    for path in sorted(folder.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        module_name = f"pruner_plugins.{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise PluginError(f"plugin file {path} failed to import: {type(exc).__name__}: {exc}") from exc
+        found += [PluginEntry(cls.name, cls, str(path)) for cls in _plugin_classes(vars(module))]
+    return found
+
+
+def _from_entry_points() -> list[PluginEntry]:
+    found = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        source = f"entry point {ep.name} = {ep.value}" + (f" ({ep.dist.name})" if ep.dist else "")
+        try:
+            cls = ep.load()
+        except Exception as exc:
+            raise PluginError(f"{source} failed to load: {type(exc).__name__}: {exc}") from exc
+        if not (inspect.isclass(cls) and issubclass(cls, PrunerPlugin)):
+            raise PluginError(f"{source} is not a PrunerPlugin subclass")
+        found.append(PluginEntry(cls.name, cls, source))
+    return found
+
+
+def load_plugins(folder: str | Path | None = None) -> dict[str, PluginEntry]:
+    """All plugins by name. Two plugins with one name are an error naming both sources."""
+    folder = Path(folder).resolve() if folder else plugins_dir()
+    if not folder.is_dir():
+        raise PluginError(f"plugins folder {folder} does not exist (set SWEEP_PLUGINS_DIR)")
+    registry: dict[str, PluginEntry] = {}
+    for entry in _from_folder(folder) + _from_entry_points():
+        if entry.name in registry:
+            raise PluginError(
+                f"two pruner plugins are named {entry.name!r}: {registry[entry.name].source} and "
+                f"{entry.source}; rename one of them"
+            )
+        registry[entry.name] = entry
+    return registry
+
+
+def get_plugin(name: str, folder: str | Path | None = None) -> PluginEntry:
+    plugins = load_plugins(folder)
+    if name not in plugins:
+        raise PluginError(f"unknown pruner {name!r}; known pruners: {', '.join(sorted(plugins))}")
+    return plugins[name]

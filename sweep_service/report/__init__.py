@@ -1,0 +1,1 @@
+"""Charts and the HTML report, made from the results database alone."""

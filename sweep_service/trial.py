@@ -1,0 +1,173 @@
+"""One trial, as run on a Ray worker: a TrialSpec in, a result dict out.
+
+A baseline trial fine-tunes the pretrained model with a new 10-class head. A pruned
+trial starts from the baseline's checkpoint (or the pretrained weights), asks its
+plugin for masks, removes the masked channels with NNI's ModelSpeedup, fine-tunes,
+evaluates and measures. Failures come back as results with the error text, never as
+exceptions, so one bad trial never stops a sweep (only a dead worker makes Ray retry).
+
+Workers are reused across trials, so the data set, the imports and the deserialized
+baseline checkpoints are cached per process.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import io
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import torch
+
+from model_zoo import create_model
+from sweep_service import data as datasets
+from sweep_service.grid import TrialSpec
+from sweep_service.measure import count_macs, count_params, cpu_latency_ms, serialized_size
+from sweep_service.plugins import get_plugin
+from sweep_service.pruning import check_masks, select_layers, speedup
+from sweep_service.quiet import quiet_nni
+from sweep_service.store import BASELINE, COMPLETED, FAILED
+from sweep_service.training import evaluate, train
+
+
+@dataclass
+class TrialOutput:
+    """What a worker sends back: the row's fields plus the model's bytes to save."""
+
+    result: dict[str, Any]
+    artifact: bytes | None = None  # baseline: state_dict; pruned: the whole pruned module
+    started_at: float = 0.0  # wall clock, for the coordinator's wait-time figure
+
+
+@dataclass
+class _Phases:
+    times: dict[str, float] = field(default_factory=dict)
+    current: str = "start"
+
+    def run(self, phase: str, fn, *args, **kwargs):
+        self.current = phase
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.times[f"time_{phase}_s"] = self.times.get(f"time_{phase}_s", 0.0) + time.perf_counter() - start
+
+
+@functools.lru_cache(maxsize=1)
+def _process_setup() -> float:
+    """Once per worker process: quiet libraries, import NNI. Returns the seconds it took."""
+    start = time.perf_counter()
+    with quiet_nni():
+        import nni.compression.pruning  # noqa: F401
+        import nni.compression.speedup  # noqa: F401
+    return time.perf_counter() - start
+
+
+_BASELINE_STATES: dict[str, dict[str, torch.Tensor]] = {}
+
+
+def _baseline_state(key: str, checkpoint: bytes) -> dict[str, torch.Tensor]:
+    """Deserialized baseline weights, kept for the worker's next trials of that model."""
+    if key not in _BASELINE_STATES:
+        if len(_BASELINE_STATES) >= 4:
+            _BASELINE_STATES.pop(next(iter(_BASELINE_STATES)))
+        _BASELINE_STATES[key] = torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)
+    return _BASELINE_STATES[key]
+
+
+def _threads_for(spec: TrialSpec) -> int:
+    return max(1, int(spec.cpus))
+
+
+def run_trial(spec: TrialSpec, baseline_checkpoint: bytes | None = None,
+              plugins_dir: str | None = None) -> TrialOutput:
+    started_at = time.time()
+    phases = _Phases()
+    startup_start = time.perf_counter()
+    result: dict[str, Any] = {"worker_host": socket.gethostname(), "worker_pid": os.getpid()}
+    artifact = None
+    try:
+        threads = _threads_for(spec)
+        torch.set_num_threads(threads)
+        result["threads"] = threads
+        _process_setup()
+        phases.times["time_startup_s"] = time.perf_counter() - startup_start
+        device = torch.device("cuda" if spec.gpus > 0 and torch.cuda.is_available() else "cpu")
+        torch.manual_seed(spec.seed)
+
+        splits = phases.run("data", datasets.load, spec.dataset, spec.data_root)
+        train_set = datasets.subset(splits.train, spec.train_subset, spec.seed)
+        test_set = datasets.subset(splits.test, spec.test_subset, spec.seed + 1)
+        train_batches = datasets.TensorBatches(train_set, batch_size=spec.batch_size,
+                                               image_size=spec.image_size, shuffle=True,
+                                               augment=spec.augment, seed=spec.seed)
+        test_batches = datasets.TensorBatches(test_set, batch_size=spec.eval_batch_size,
+                                              image_size=spec.image_size)
+
+        model = phases.run("build", _build_start_model, spec, baseline_checkpoint)
+        params_before, macs_before = count_params(model), count_macs(model, spec.image_size)
+        result.update(params_before=params_before, macs_before=macs_before)
+
+        if spec.kind != BASELINE:
+            plugin = get_plugin(spec.pruner, plugins_dir).create()
+            layers = select_layers(model, spec.model, spec.layers)
+            calibration = None
+            if plugin.needs_data:
+                calibration = datasets.TensorBatches(train_set, batch_size=spec.batch_size,
+                                                     image_size=spec.image_size,
+                                                     max_batches=spec.calibration_batches)
+            masks = phases.run("prune", plugin.masks, copy.deepcopy(model).eval(), spec.rate,
+                               layers, calibration)
+            phases.run("prune", check_masks, model, masks, layers, spec.rate)
+            model = phases.run("speedup", speedup, model, masks, spec.image_size)
+
+        model.to(device)
+        phases.run("finetune", train, model, train_batches, epochs=spec.epochs,
+                   optimizer_settings=spec.optimizer, device=device,
+                   steps_per_epoch=len(train_batches))
+        accuracy = phases.run("eval", evaluate, model, test_batches, device)
+        model.cpu()
+
+        def measure() -> dict[str, Any]:
+            params_after, macs_after = count_params(model), count_macs(model, spec.image_size)
+            return dict(
+                params_after=params_after,
+                param_reduction=1 - params_after / params_before,
+                macs_after=macs_after,
+                mac_reduction=1 - macs_after / macs_before,
+                model_size_bytes=serialized_size(model),
+                latency_ms=cpu_latency_ms(model, spec.image_size, runs=spec.latency_runs),
+            )
+
+        result.update(phases.run("measure", measure), accuracy=accuracy, status=COMPLETED)
+        artifact = _artifact(model, spec)
+    except Exception as exc:
+        tail = "".join(traceback.format_exception(exc)[-3:]).strip()
+        result.update(status=FAILED, error=f"{phases.current} failed: {type(exc).__name__}: {exc}\n{tail}")
+    result.update(phases.times)
+    result["time_total_s"] = time.perf_counter() - startup_start
+    result["worker_rss_mb"] = psutil.Process().memory_info().rss / 2**20
+    return TrialOutput(result=result, artifact=artifact, started_at=started_at)
+
+
+def _build_start_model(spec: TrialSpec, baseline_checkpoint: bytes | None) -> torch.nn.Module:
+    """Baseline trials and `prune_from: pretrained` start from the configured weights;
+    other pruned trials from the fine-tuned baseline."""
+    if spec.kind == BASELINE or spec.prune_from == "pretrained":
+        return create_model(spec.model, weights=spec.weights, weights_dir=spec.weights_dir)
+    if baseline_checkpoint is None:
+        raise ValueError(f"pruned trial {spec.label} needs its baseline checkpoint")
+    model = create_model(spec.model, weights="none")
+    model.load_state_dict(_baseline_state(spec.baseline_key, baseline_checkpoint))
+    return model
+
+
+def _artifact(model: torch.nn.Module, spec: TrialSpec) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict() if spec.kind == BASELINE else model, buffer)
+    return buffer.getvalue()
