@@ -1,0 +1,48 @@
+"""Shared fixtures: a synthetic CIFAR-10-format data set made once per test session,
+and small sweep configs pointing into tmp folders."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    from sweep_service import data
+
+    root = tmp_path_factory.mktemp("data")
+    data.prepare("synthetic", root)
+    return root
+
+
+@pytest.fixture
+def tiny_config(tmp_path, data_root):
+    """Write a small valid sweep config and return (path, dict); tests tweak the dict."""
+
+    def make(**changes):
+        config = dict(
+            name="tiny", models=["resnet18"], pruners=["l1norm", "fpgm"], rates=[0.3, 0.6],
+            dataset="synthetic", data_root=str(data_root), weights="none", image_size=32,
+            baseline_epochs=2, finetune_epochs=1, batch_size=64, train_subset=1000,
+            test_subset=500, latency_runs=5, optimizer={"lr": 0.05},
+            database=str(tmp_path / "results" / "tiny.db"), output_dir=str(tmp_path / "results" / "tiny"),
+        )
+        config.update(changes)
+        path = tmp_path / f"{config['name']}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path, config
+
+    return make
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run `python -m sweep_service ARGS` as a user would."""
+    return subprocess.run([sys.executable, "-m", "sweep_service", *args], cwd=REPO, text=True,
+                          capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})

@@ -1,0 +1,99 @@
+"""Config validation: every kind of bad input is rejected up front, naming the field."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweep_service.config import ConfigError, load_config, parse_config
+from tests.conftest import run_cli
+
+
+def test_valid_config_resolves_paths_and_rate_ranges(tiny_config):
+    path, _ = tiny_config(rates={"start": 0.1, "stop": 0.8, "step": 0.1})
+    config = load_config(path)
+    assert config.rates == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    assert config.database.is_absolute() and config.data_root.is_absolute()
+    assert config.sweep_id().startswith("tiny-")
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"models": ["resnet18", "lenet9"]}, ["models", "lenet9", "known models", "resnet50"]),
+        ({"pruners": ["l1norm", "magic"]}, ["pruners", "magic", "known pruners", "fpgm"]),
+        ({"rates": [0.5, 1.2]}, ["rates", "between 0 and 1", "1.2"]),
+        ({"rates": [0.0]}, ["rates", "between 0 and 1"]),
+        ({"finetune_epochs": -1}, ["finetune_epochs", "greater than or equal to 0"]),
+        ({"baseline_epochs": -3}, ["baseline_epochs", "greater than or equal to 0"]),
+        ({"dataset": "imagenet"}, ["dataset", "'cifar10' or 'synthetic'"]),
+        ({"weights": "coco"}, ["weights", "'imagenet' or 'none'"]),
+        ({"prune_from": "scratch"}, ["prune_from", "'baseline' or 'pretrained'"]),
+        ({"models": ["alexnet"], "image_size": 32}, ["alexnet", "at least 63 px"]),
+        ({"batch_size": 0}, ["batch_size", "greater than 0"]),
+        ({"resources": {"cpus": 0}}, ["resources.cpus", "greater than 0"]),
+        ({"optimizer": {"name": "lbfgs"}}, ["optimizer.name", "'sgd' or 'adamw'"]),
+        ({"epochs": 3}, ["epochs", "unknown field", "finetune_epochs"]),
+        ({"layers": {"type": ["Conv2d"]}}, ["layers.type", "unknown field", "types"]),
+    ],
+)
+def test_bad_field_names_the_field_and_allowed_values(tiny_config, changes, expected):
+    path, _ = tiny_config(**changes)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} not in:\n{message}"
+
+
+def test_missing_required_field(tiny_config):
+    path, config = tiny_config()
+    del config["dataset"]
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="dataset: required field is missing"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("models: [resnet18\npruners: l1norm", "not valid YAML"),
+    ("- just\n- a list", "expected a mapping"),
+    ("", "is empty"),
+])
+def test_malformed_file(tmp_path, text, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path)
+
+
+def test_overrides_win_and_are_validated(tiny_config, tmp_path):
+    path, _ = tiny_config()
+    config = load_config(path, {"database": tmp_path / "other.db", "output_dir": None})
+    assert config.database == (tmp_path / "other.db").resolve()
+    with pytest.raises(ConfigError, match="rates"):
+        parse_config({**yaml.safe_load(path.read_text()), "rates": [2]})
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"models": ["resnet18", "lenet9"]}, "unknown model(s) ['lenet9']"),
+    ({"pruners": ["magic"]}, "unknown pruner(s) ['magic']"),
+    ({"rates": [0.5, 1.5]}, "strictly between 0 and 1"),
+    ({"finetune_epochs": -1}, "finetune_epochs"),
+])
+def test_cli_rejects_bad_config_before_ray_starts(tiny_config, changes, expected):
+    path, config = tiny_config(**changes)
+    result = run_cli("run", str(path), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Ray" not in result.stderr + result.stdout
+    assert not Path(config["database"]).exists(), "a database was written for a bad config"
+
+
+def test_cli_rejects_missing_and_malformed_files(tmp_path):
+    result = run_cli("run", str(tmp_path / "nope.yaml"), timeout=120)
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [resnet18\n")
+    result = run_cli("run", str(bad), timeout=120)
+    assert result.returncode == 2 and "not valid YAML" in result.stderr

@@ -1,0 +1,38 @@
+"""Grid expansion is deterministic and keys identify what determines a result."""
+from __future__ import annotations
+
+from sweep_service.config import load_config
+from sweep_service.grid import TrialSpec, expand
+
+
+def test_expand_counts_order_and_stable_keys(tiny_config):
+    path, _ = tiny_config(models=["resnet18", "mobilenet_v2"], rates=[0.6, 0.3])
+    specs = list(expand(load_config(path)))
+    assert len(specs) == 2 * (1 + 2 * 2)
+    assert [s.kind for s in specs[:5]] == ["baseline"] + ["pruned"] * 4
+    assert [(s.pruner, s.rate) for s in specs[1:5]] == [("l1norm", 0.3), ("l1norm", 0.6), ("fpgm", 0.3), ("fpgm", 0.6)]
+    assert len({s.key for s in specs}) == len(specs)
+    assert all(s.baseline_key == specs[0].key for s in specs[1:5])
+    again = list(expand(load_config(path)))
+    assert [s.key for s in again] == [s.key for s in specs]
+
+
+def test_keys_ignore_paths_and_resources_but_not_training(tiny_config, tmp_path):
+    path, _ = tiny_config()
+    base = [s.key for s in expand(load_config(path))]
+    moved = load_config(path, {"database": tmp_path / "x.db", "output_dir": tmp_path / "x",
+                               "data_root": tmp_path / "elsewhere"})
+    assert [s.key for s in expand(moved)] == base
+    path2, _ = tiny_config(resources={"cpus": 2})
+    assert [s.key for s in expand(load_config(path2))] == base
+    path3, _ = tiny_config(finetune_epochs=2)
+    changed = [s.key for s in expand(load_config(path3))]
+    assert changed[0] == base[0]  # the baseline does not depend on the fine-tune epochs
+    assert set(changed[1:]).isdisjoint(base[1:])
+
+
+def test_spec_round_trips_through_json(tiny_config):
+    path, _ = tiny_config()
+    spec = list(expand(load_config(path)))[1]
+    assert TrialSpec.from_json(spec.to_json()) == spec
+    assert spec.label == "resnet18 l1norm 30%"

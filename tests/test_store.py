@@ -1,0 +1,48 @@
+"""The SQLite store: one row per trial, idempotent inserts, resumable state."""
+from __future__ import annotations
+
+import sqlite3
+
+from sweep_service.config import load_config
+from sweep_service.grid import expand
+from sweep_service.store import ResultStore
+
+
+def _setup(tiny_config, tmp_path):
+    config = load_config(tiny_config()[0])
+    specs = list(expand(config))
+    store = ResultStore(tmp_path / "r.db")
+    store.begin_sweep(sweep_id=config.sweep_id(), name=config.name, config_json=config.to_json(),
+                      dataset=config.dataset, weights=config.weights, versions={"torch": "x"})
+    return config, specs, store
+
+
+def test_trials_table_schema_and_idempotent_insert(tiny_config, tmp_path):
+    config, specs, store = _setup(tiny_config, tmp_path)
+    assert store.add_trials(config.sweep_id(), specs) == len(specs)
+    assert store.add_trials(config.sweep_id(), specs) == 0
+    columns = {row[1] for row in sqlite3.connect(tmp_path / "r.db").execute("PRAGMA table_info(trials)")}
+    assert {"sweep_id", "model", "pruner", "rate", "status", "accuracy", "params_before",
+            "params_after", "param_reduction", "macs_before", "macs_after", "model_size_bytes",
+            "latency_ms", "worker_host", "error", "time_finetune_s"} <= columns
+    assert store.counts(config.sweep_id()) == {"pending": len(specs), "running": 0, "completed": 0, "failed": 0}
+
+
+def test_record_link_baselines_and_reset(tiny_config, tmp_path):
+    config, specs, store = _setup(tiny_config, tmp_path)
+    sweep_id = config.sweep_id()
+    store.add_trials(sweep_id, specs)
+    baseline, pruned, other = specs[0], specs[1], specs[2]
+    for spec in (baseline, pruned, other):
+        store.mark_running(sweep_id, spec.key)
+    store.record(sweep_id, baseline.key, {"status": "completed", "accuracy": 0.8})
+    store.record(sweep_id, pruned.key, {"status": "completed", "accuracy": 0.75, "param_reduction": 0.3})
+    store.link_baselines(sweep_id)
+    rows = {r["key"]: r for r in store.trials(sweep_id)}
+    assert rows[pruned.key]["baseline_accuracy"] == 0.8
+    assert abs(rows[pruned.key]["accuracy_drop"] - 0.05) < 1e-9
+    assert rows[other.key]["status"] == "running"
+    assert store.reset_unfinished(sweep_id) == 1
+    assert {r["key"]: r["status"] for r in store.trials(sweep_id)}[other.key] == "pending"
+    sweep = store.sweep()
+    assert sweep["sweep_id"] == sweep_id and sweep["dataset"] == "synthetic"

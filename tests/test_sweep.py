@@ -1,0 +1,119 @@
+"""A whole sweep through the CLI on a local Ray cluster, then a resume, then a worker
+that dies mid-trial. Real NNI pruning and speedup, real SQLite, the real CIFAR-10
+reader on generated files."""
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(db: Path) -> list[dict]:
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    return [dict(r) for r in con.execute("SELECT * FROM trials")]
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, data_root):
+    import yaml
+
+    folder = tmp_path_factory.mktemp("sweep")
+    config = dict(
+        name="tiny", models=["resnet18"], pruners=["l1norm", "fpgm"], rates=[0.3, 0.6],
+        dataset="synthetic", data_root=str(data_root), weights="none", baseline_epochs=2,
+        finetune_epochs=1, batch_size=64, train_subset=1000, test_subset=500, latency_runs=5,
+        optimizer={"lr": 0.05}, database=str(folder / "tiny.db"), output_dir=str(folder / "out"),
+    )
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = run_cli("run", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return path, config, result
+
+
+def test_every_trial_completes_with_its_figures(finished_sweep):
+    _, config, result = finished_sweep
+    rows = _rows(Path(config["database"]))
+    assert len(rows) == 1 + 2 * 2
+    assert {r["status"] for r in rows} == {"completed"}, [r["error"] for r in rows]
+    for row in rows:
+        assert row["params_after"] <= row["params_before"]
+        assert row["macs_after"] <= row["macs_before"]
+        assert row["model_size_bytes"] > 0 and row["latency_ms"] > 0
+        assert row["worker_host"] and row["time_finetune_s"] > 0
+        assert Path(row["artifact_path"]).is_file()
+    assert "5 completed" in result.stdout
+
+
+def test_baseline_beats_chance_and_reduction_grows_with_rate(finished_sweep):
+    _, config, _ = finished_sweep
+    rows = _rows(Path(config["database"]))
+    baseline = next(r for r in rows if r["kind"] == "baseline")
+    assert baseline["accuracy"] > 0.3  # 10 classes: chance is 0.1
+    by_pruner = defaultdict(list)
+    for row in rows:
+        if row["kind"] == "pruned":
+            by_pruner[row["pruner"]].append((row["rate"], row["param_reduction"]))
+            assert row["accuracy_drop"] == pytest.approx(baseline["accuracy"] - row["accuracy"])
+    for pruner, points in by_pruner.items():
+        reductions = [reduction for _, reduction in sorted(points)]
+        assert reductions == sorted(reductions) and reductions[0] > 0, pruner
+
+
+def test_charts_are_written_from_the_database(finished_sweep):
+    _, config, _ = finished_sweep
+    report = Path(config["output_dir"]) / "report"
+    pngs = list(report.glob("*.png"))
+    assert (report / "index.html").is_file() and len(pngs) >= 3
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_rerun_resumes_without_running_completed_trials(finished_sweep):
+    path, config, _ = finished_sweep
+    before = {r["key"]: (r["started_at"], r["attempts"]) for r in _rows(Path(config["database"]))}
+    result = run_cli("run", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "5 already done, 0 to run" in result.stdout
+    after = {r["key"]: (r["started_at"], r["attempts"]) for r in _rows(Path(config["database"]))}
+    assert after == before
+
+
+KILLER_PLUGIN = '''
+import os
+from pathlib import Path
+from sweep_service.nni_adapter import NNIPruner
+
+class DiesOnce(NNIPruner):
+    """Kills its worker process the first time it runs, then behaves like L1Norm."""
+    name = "dies-once"
+    description = "test plugin: the worker dies on the first attempt"
+    nni_pruner = "L1NormPruner"
+
+    def masks(self, model, rate, layers, data):
+        marker = Path(os.environ["DIES_ONCE_MARKER"])
+        if not marker.exists():
+            marker.write_text("died")
+            os._exit(1)
+        return super().masks(model, rate, layers, data)
+'''
+
+
+def test_trial_whose_worker_dies_is_retried(tiny_config, tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "dies_once.py").write_text(KILLER_PLUGIN)
+    path, config = tiny_config(name="dies", pruners=["dies-once"], rates=[0.5], baseline_epochs=1,
+                               train_subset=300, test_subset=200)
+    marker = tmp_path / "died"
+    result = run_cli("run", str(path), env={"SWEEP_PLUGINS_DIR": str(plugins), "DIES_ONCE_MARKER": str(marker)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert marker.read_text() == "died"
+    rows = _rows(Path(config["database"]))
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
