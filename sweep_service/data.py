@@ -47,7 +47,7 @@ class DataSplits:
     test: ImageSet
 
 
-class _LocalCIFAR10(CIFAR10):
+class GeneratedCIFAR10(CIFAR10):
     """torchvision's CIFAR-10 reader for files the project generated: the on-disk
     format is the same, but the md5 sums of the official archive do not apply (with no
     md5, torchvision checks that the file exists)."""
@@ -95,7 +95,7 @@ def prepare(dataset: str, data_root: str | Path) -> Path:
 def load(dataset: str, data_root: str) -> DataSplits:
     """Read the data set into memory (once per process)."""
     root = prepare(dataset, data_root)
-    reader = _LocalCIFAR10 if dataset == "synthetic" else CIFAR10
+    reader = GeneratedCIFAR10 if dataset == "synthetic" else CIFAR10
     splits = []
     for train in (True, False):
         ds = reader(str(root), train=train, download=False)

@@ -133,19 +133,20 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: bytes | None = None,
         accuracy = phases.run("eval", evaluate, model, test_batches, device)
         model.cpu()
 
-        def measure() -> dict[str, Any]:
+        def measure() -> tuple[dict[str, Any], bytes]:
             params_after, macs_after = count_params(model), count_macs(model, spec.image_size)
+            saved = _artifact(model, spec)
             return dict(
                 params_after=params_after,
                 param_reduction=1 - params_after / params_before,
                 macs_after=macs_after,
                 mac_reduction=1 - macs_after / macs_before,
-                model_size_bytes=serialized_size(model),
+                model_size_bytes=serialized_size(model) if spec.kind == BASELINE else len(saved),
                 latency_ms=cpu_latency_ms(model, spec.image_size, runs=spec.latency_runs),
-            )
+            ), saved
 
-        result.update(phases.run("measure", measure), accuracy=accuracy, status=COMPLETED)
-        artifact = _artifact(model, spec)
+        figures, artifact = phases.run("measure", measure)
+        result.update(figures, accuracy=accuracy, status=COMPLETED)
     except Exception as exc:
         tail = "".join(traceback.format_exception(exc)[-3:]).strip()
         result.update(status=FAILED, error=f"{phases.current} failed: {type(exc).__name__}: {exc}\n{tail}")
@@ -168,6 +169,7 @@ def _build_start_model(spec: TrialSpec, baseline_checkpoint: bytes | None) -> to
 
 
 def _artifact(model: torch.nn.Module, spec: TrialSpec) -> bytes:
+    """Baselines: the state dict their pruned trials load. Pruned: the whole module, as shipped."""
     buffer = io.BytesIO()
     torch.save(model.state_dict() if spec.kind == BASELINE else model, buffer)
     return buffer.getvalue()

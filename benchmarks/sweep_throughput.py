@@ -1,0 +1,251 @@
+"""Sweep throughput, measured side by side in one run on this machine.
+
+1. The service runs the benchmark grid (`python -m sweep_service run`, local Ray).
+2. The ideal: each trial's fine-tune and evaluation arithmetic alone (its final model,
+   random tensors already in memory, same batch sizes, step counts and threads per
+   trial), packed onto the same number of parallel slots. Efficiency = ideal / wall.
+3. The plain reference: the same grid as a sequential script a user of NNI would write
+   (benchmarks/plain_reference.py: DataLoader + PIL transforms, one trial at a time).
+4. FLOPs per image of each model and the achieved GFLOP/s next to a measured fp32
+   matmul peak, for information.
+5. A table on stdout and every figure as JSON (default: artifacts/benchmark.json).
+
+    python benchmarks/sweep_throughput.py [--out FILE] [--workdir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import multiprocessing as mp
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SLOTS = os.cpu_count() or 2
+GRID = dict(
+    name="benchmark", models=["resnet18", "mobilenet_v2"], pruners=["l1norm", "l2norm", "fpgm"],
+    rates=[0.3, 0.5, 0.7], dataset="synthetic", weights="none", image_size=32,
+    baseline_epochs=1, finetune_epochs=1, batch_size=128, eval_batch_size=500,
+    train_subset=10_000, test_subset=2_000, seed=0,
+    optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+    resources={"cpus": 1, "gpus": 0},
+)
+PHASES = ("startup", "build", "prune", "speedup", "data", "finetune", "eval", "measure", "wait")
+
+
+def run_service(workdir: Path) -> dict:
+    config = {**GRID, "data_root": str(workdir / "data"), "database": str(workdir / "service.db"),
+              "output_dir": str(workdir / "service")}
+    path = workdir / "benchmark.yaml"
+    path.write_text(yaml.safe_dump(config))
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "sweep_service", "run", str(path)], cwd=REPO,
+                            capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"service run failed:\n{result.stdout}\n{result.stderr}")
+    con = sqlite3.connect(config["database"])
+    con.row_factory = sqlite3.Row
+    rows = [dict(r) for r in con.execute("SELECT * FROM trials ORDER BY finished_at")]
+    if any(r["status"] != "completed" for r in rows):
+        sys.exit(f"service trials failed: {[r['error'] for r in rows if r['status'] != 'completed']}")
+    return {"wall_s": wall, "rows": rows}
+
+
+# --- the ideal ---------------------------------------------------------------------------
+
+def _batch_sizes(n: int, batch: int) -> list[int]:
+    return [batch] * (n // batch) + ([n % batch] if n % batch else [])
+
+
+def _ideal_job(job: dict) -> dict:
+    """Time the bare arithmetic of one trial: its model, in-memory random tensors."""
+    import torch
+
+    from sweep_service.training import make_optimizer
+
+    torch.set_num_threads(job["threads"])
+    if job["artifact"].endswith(".pt") and job["kind"] == "pruned":
+        model = torch.load(job["artifact"], weights_only=False)
+    else:
+        from model_zoo import create_model
+
+        model = create_model(job["model"], weights="none")
+    optimizer = make_optimizer(model, GRID["optimizer"])
+    loss_fn = torch.nn.CrossEntropyLoss()
+    inputs = {b: torch.randn(b, 3, 32, 32) for b in set(job["train_batches"] + job["eval_batches"])}
+    labels = {b: torch.randint(0, 10, (b,)) for b in inputs}
+    start = time.perf_counter()
+    model.train()
+    for b in job["train_batches"]:
+        loss = loss_fn(model(inputs[b]), labels[b])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.inference_mode():
+        for b in job["eval_batches"]:
+            model(inputs[b]).argmax(1)
+    return {"key": job["key"], "seconds": time.perf_counter() - start}
+
+
+def measure_ideal(rows: list[dict]) -> dict:
+    jobs = []
+    for row in rows:
+        epochs = GRID["baseline_epochs"] if row["kind"] == "baseline" else GRID["finetune_epochs"]
+        jobs.append(dict(key=row["key"], kind=row["kind"], model=row["model"], artifact=row["artifact_path"],
+                         threads=int(row["threads"] or 1),
+                         train_batches=_batch_sizes(GRID["train_subset"], GRID["batch_size"]) * epochs,
+                         eval_batches=_batch_sizes(GRID["test_subset"], GRID["eval_batch_size"])))
+    # Measured while `SLOTS` run at once, as in the sweep, so both see the same contention.
+    with mp.get_context("spawn").Pool(SLOTS) as pool:
+        durations = {r["key"]: r["seconds"] for r in pool.imap_unordered(_ideal_job, jobs)}
+    slots = [0.0] * SLOTS  # longest-first packing onto the slots
+    for seconds in sorted(durations.values(), reverse=True):
+        heapq.heapreplace(slots, slots[0] + seconds)
+    return {"wall_s": max(slots), "per_trial_s": durations}
+
+
+# --- the plain reference -----------------------------------------------------------------
+
+def run_reference(workdir: Path) -> dict:
+    grid_file = workdir / "grid.json"
+    data_root = workdir / "data" / "synthetic-cifar10"
+    grid_file.write_text(json.dumps({**GRID, "data_root": str(data_root)}))
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "plain_reference.py"), str(grid_file)],
+                            cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"plain reference failed:\n{result.stderr[-3000:]}")
+    trials = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return {"wall_s": wall, "trials": trials}
+
+
+# --- arithmetic figures ------------------------------------------------------------------
+
+def matmul_peak_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def _rss_growth(rows: list[dict]) -> dict:
+    by_worker: dict[int, list[float]] = {}
+    for row in rows:  # rows are in finishing order
+        by_worker.setdefault(row["worker_pid"], []).append(row["worker_rss_mb"])
+    growth = {}
+    for pid, rss in by_worker.items():
+        if len(rss) >= 4:
+            growth[str(pid)] = {"trials": len(rss), "rss_after_3rd_mb": rss[2], "rss_after_last_mb": rss[-1],
+                                "growth": rss[-1] / rss[2] - 1, "peak_mb": max(rss)}
+    return growth
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "artifacts" / "benchmark.json")
+    parser.add_argument("--workdir", type=Path, help="keep the run's files here (default: a temp folder)")
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sweep-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    from sweep_service import data
+
+    data.prepare("synthetic", workdir / "data")  # shared by both runs, not timed
+    print(f"benchmark grid: {len(GRID['models'])} models x {len(GRID['pruners'])} pruners x "
+          f"{len(GRID['rates'])} rates + baselines, {GRID['train_subset']} train / {GRID['test_subset']} "
+          f"test images at 32 px, {SLOTS} slots of {GRID['resources']['cpus']} CPU", flush=True)
+    print("1/3 service ...", flush=True)
+    service = run_service(workdir)
+    print(f"    {service['wall_s']:.1f} s\n2/3 ideal ...", flush=True)
+    ideal = measure_ideal(service["rows"])
+    print(f"    {ideal['wall_s']:.1f} s\n3/3 plain reference ...", flush=True)
+    reference = run_reference(workdir)
+    print(f"    {reference['wall_s']:.1f} s", flush=True)
+
+    rows = service["rows"]
+    trials = []
+    for row in rows:
+        phases = {p: row[f"time_{p}_s"] or 0.0 for p in PHASES}
+        total = row["time_total_s"]
+        arithmetic = phases["finetune"] + phases["eval"]
+        epochs = GRID["baseline_epochs"] if row["kind"] == "baseline" else GRID["finetune_epochs"]
+        forward_flops = 2 * row["macs_after"]
+        flops = forward_flops * (3 * GRID["train_subset"] * epochs + GRID["test_subset"])
+        trials.append(dict(model=row["model"], pruner=row["pruner"], rate=row["rate"], accuracy=row["accuracy"],
+                           total_s=total, phases_s=phases, overhead=1 - arithmetic / total,
+                           ideal_s=ideal["per_trial_s"][row["key"]], forward_mflops_per_image=forward_flops / 1e6,
+                           train_mflops_per_image=3 * forward_flops / 1e6, gflop=flops / 1e9))
+    reference_acc = {(t["model"], t["pruner"], round(t["rate"], 3)): t["accuracy"] for t in reference["trials"]}
+    diffs = [t["accuracy"] - reference_acc[(t["model"], t["pruner"], round(t["rate"], 3))]
+             for t in trials if (t["model"], t["pruner"], round(t["rate"], 3)) in reference_acc]
+    total_gflop = sum(t["gflop"] for t in trials)
+    overhead_total = 1 - sum(t["phases_s"]["finetune"] + t["phases_s"]["eval"] for t in trials) / sum(t["total_s"] for t in trials)
+    figures = dict(
+        grid=GRID, slots=SLOTS,
+        service_wall_s=service["wall_s"], ideal_wall_s=ideal["wall_s"], reference_wall_s=reference["wall_s"],
+        speedup_vs_reference=reference["wall_s"] / service["wall_s"],
+        sweep_efficiency=ideal["wall_s"] / service["wall_s"],
+        overhead_fraction_total=overhead_total,
+        overhead_fraction_median=statistics.median(t["overhead"] for t in trials),
+        overhead_fraction_max=max(t["overhead"] for t in trials),
+        accuracy_service_mean=statistics.mean(t["accuracy"] for t in trials),
+        accuracy_reference_mean=statistics.mean(reference_acc.values()),
+        accuracy_diff_mean=statistics.mean(diffs), accuracy_diff_abs_max=max(abs(d) for d in diffs),
+        achieved_gflops=total_gflop / service["wall_s"],
+        matmul_peak_gflops=matmul_peak_gflops(SLOTS),
+        worker_rss=_rss_growth(rows), trials=trials, reference_trials=reference["trials"],
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figures, indent=2))
+    print_table(figures)
+    print(f"\nfigures: {args.out}")
+
+
+def print_table(f: dict) -> None:
+    print(f"\n{'trial':<28}{'acc':>6}" + "".join(f"{p:>9}" for p in PHASES) + f"{'total':>8}{'ideal':>8}{'ovh':>6}{'MFLOP/img':>11}")
+    for t in f["trials"]:
+        label = f"{t['model']} {t['pruner']} {t['rate']:.0%}" if t["pruner"] != "none" else f"{t['model']} baseline"
+        print(f"{label:<28}{t['accuracy']:>6.1%}" + "".join(f"{t['phases_s'][p]:>9.2f}" for p in PHASES)
+              + f"{t['total_s']:>8.1f}{t['ideal_s']:>8.1f}{t['overhead']:>6.1%}{t['forward_mflops_per_image']:>11.1f}")
+    print(f"\nwall time: service {f['service_wall_s']:.1f} s, plain reference {f['reference_wall_s']:.1f} s, "
+          f"ideal {f['ideal_wall_s']:.1f} s on {f['slots']} slots")
+    print(f"accuracy: service mean {f['accuracy_service_mean']:.1%}, reference mean {f['accuracy_reference_mean']:.1%}, "
+          f"mean difference {f['accuracy_diff_mean']:+.1%} (largest {f['accuracy_diff_abs_max']:.1%})")
+    print(f"arithmetic: {f['achieved_gflops']:.1f} GFLOP/s achieved vs {f['matmul_peak_gflops']:.0f} GFLOP/s fp32 matmul peak")
+    for pid, r in f["worker_rss"].items():
+        print(f"worker {pid}: RSS after 3rd trial {r['rss_after_3rd_mb']:.0f} MB, after last ({r['trials']}) "
+              f"{r['rss_after_last_mb']:.0f} MB ({r['growth']:+.1%}), peak {r['peak_mb']:.0f} MB")
+    checks = [
+        ("service >= 1.3x faster than the plain reference", f["speedup_vs_reference"] >= 1.3, f"{f['speedup_vs_reference']:.2f}x"),
+        ("sweep efficiency >= 0.85", f["sweep_efficiency"] >= 0.85, f"{f['sweep_efficiency']:.2f}"),
+        ("per-trial overhead <= 10% of trial wall time", f["overhead_fraction_total"] <= 0.10,
+         f"{f['overhead_fraction_total']:.1%} overall, median {f['overhead_fraction_median']:.1%}"),
+        ("worker RSS after last trial within 10% of after 3rd", bool(f["worker_rss"]) and all(
+            abs(r["growth"]) <= 0.10 for r in f["worker_rss"].values()),
+         ", ".join(f"{r['growth']:+.1%}" for r in f["worker_rss"].values())),
+    ]
+    print()
+    for name, ok, value in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {value}")
+
+
+if __name__ == "__main__":
+    main()
