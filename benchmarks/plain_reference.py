@@ -13,7 +13,6 @@ import copy
 import json
 import math
 import sys
-import time
 
 import torch
 import torchvision

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
-import math
 import multiprocessing as mp
 import os
 import sqlite3

@@ -158,8 +158,6 @@ class _Dispatcher:
 
 def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
     """Run (or resume) the sweep `config` describes; returns when no trial is left."""
-    from sweep_service.report import write_report
-
     started = time.time()
     silence_libraries()
     specs = list(expand(config))
@@ -180,8 +178,7 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
           f"{skipped} already done, {len(todo)} to run; data: {datasets.describe(config.dataset)}, "
           f"weights: {config.weights}", flush=True)
     if not todo:
-        report = write_report(config.database, report_dir, sweep_id=sweep_id)
-        return _finish(store, sweep_id, 0, skipped, started, report, [])
+        return _finish(store, sweep_id, 0, skipped, started, report_dir, [])
 
     ray = _start_ray(config)
     try:
@@ -190,19 +187,17 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
         dispatcher = _Dispatcher(ray, config, store, sweep_id, bar)
         _run_queue(ray, config, dispatcher, todo, finished, report_dir)
         bar.close()
-        report = write_report(config.database, report_dir, sweep_id=sweep_id)
-        return _finish(store, sweep_id, dispatcher.ran, skipped, started, report, dispatcher.failed)
+        return _finish(store, sweep_id, dispatcher.ran, skipped, started, report_dir, dispatcher.failed)
     except KeyboardInterrupt:
         store.reset_unfinished(sweep_id)
         store.end_sweep(sweep_id, "interrupted")
+        refresh_report(config.database, report_dir, sweep_id)
         raise
     finally:
         ray.shutdown()
 
 def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[TrialSpec],
                finished: dict[str, dict], report_dir: Path) -> None:
-    from sweep_service.report import write_report
-
     # Baselines finished in an earlier run hand their saved checkpoint to their trials.
     for key, row in finished.items():
         if row["kind"] == BASELINE and row["status"] == COMPLETED:
@@ -247,17 +242,30 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
                         "status": FAILED, "error": f"baseline of {spec.model} failed; trial not run"})
                     dispatcher._log(child, {"status": FAILED, "error": "baseline failed"})
         if time.time() - last_report > REPORT_INTERVAL_S:
-            write_report(config.database, report_dir, sweep_id=dispatcher.sweep_id)
+            refresh_report(config.database, report_dir, dispatcher.sweep_id)
             last_report = time.time()
 
+def refresh_report(database: Path, report_dir: Path, sweep_id: str) -> Path | None:
+    """Rewrite the report; a report problem is logged, never the end of a sweep."""
+    from sweep_service.report import write_report
+
+    try:
+        return write_report(database, report_dir, sweep_id=sweep_id)
+    except Exception as exc:
+        print(f"warning: could not write the report in {report_dir}: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return None
+
+
 def _finish(store: ResultStore, sweep_id: str, ran: int, skipped: int, started: float,
-            report: Path | None, failed: list[str]) -> SweepSummary:
-    counts = store.counts(sweep_id)
-    summary = SweepSummary(sweep_id, counts, ran, skipped, time.time() - started, report, failed)
+            report_dir: Path, failed: list[str]) -> SweepSummary:
+    summary = SweepSummary(sweep_id, store.counts(sweep_id), ran, skipped, time.time() - started,
+                           failed=failed)
     store.end_sweep(sweep_id, "finished" if summary.ok else "incomplete")
+    summary.report = refresh_report(store.path, report_dir, sweep_id)
     print(f"sweep {sweep_id} finished in {summary.wall_s:.0f} s: ran {ran}, skipped {skipped} already done; "
-          + ", ".join(f"{n} {status}" for status, n in counts.items()))
+          + ", ".join(f"{n} {status}" for status, n in summary.counts.items()))
     for line in failed:
         print(f"  failed: {line}")
-    print(f"results: {store.path}" + (f"\nreport:  {report}" if report else ""))
+    print(f"results: {store.path}" + (f"\nreport:  {summary.report}" if summary.report else ""))
     return summary

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from filelock import FileLock
 from torchvision.datasets import CIFAR10
 
+from sweep_service.dataset_info import SYNTHETIC_TEST, SYNTHETIC_TRAIN, describe
+
 CIFAR_DIR = "cifar-10-batches-py"
 SYNTHETIC_DIR = "synthetic-cifar10"
 SYNTHETIC_VERSION = 1
-SYNTHETIC_TRAIN, SYNTHETIC_TEST = 10_000, 2_000
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # ImageNet statistics: the pretrained models expect them, and CIFAR-10's are close.
 MEAN = (0.485, 0.456, 0.406)
@@ -59,12 +60,6 @@ class GeneratedCIFAR10(CIFAR10):
 
 def dataset_root(dataset: str, data_root: str | Path) -> Path:
     return Path(data_root) / (SYNTHETIC_DIR if dataset == "synthetic" else "")
-
-
-def describe(dataset: str) -> str:
-    if dataset == "synthetic":
-        return f"synthetic CIFAR-10 format ({SYNTHETIC_TRAIN} train / {SYNTHETIC_TEST} test, generated)"
-    return "CIFAR-10 (50000 train / 10000 test)"
 
 
 def prepare(dataset: str, data_root: str | Path) -> Path:

@@ -1,6 +1,12 @@
-"""Fine-tuning and evaluation loops (plain PyTorch; the pipeline feeds tensors)."""
+"""Fine-tuning and evaluation loops (plain PyTorch; the pipeline feeds tensors).
+
+On a GPU, training and evaluation run under automatic mixed precision (bf16 where the
+device supports it, else fp16 with loss scaling); on CPUs in fp32, which measured
+fastest for these models here.
+"""
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Iterable
 
@@ -27,16 +33,19 @@ def train(model: nn.Module, batches: Iterable, *, epochs: int, optimizer_setting
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
     )
     loss_fn = nn.CrossEntropyLoss()
+    scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(device) == torch.float16)
     model.train()
     mean_loss = float("nan")
     for _ in range(epochs):
         loss_sum, n = 0.0, 0
         for inputs, labels in batches:
             inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            loss = loss_fn(model(inputs), labels)
+            with _autocast(device):
+                loss = loss_fn(model(inputs), labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             schedule.step()
             loss_sum += loss.item() * len(labels)
             n += len(labels)
@@ -48,9 +57,20 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device) -> float
     """Top-1 accuracy as a fraction."""
     model.eval()
     correct, total = 0, 0
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(device):
         for inputs, labels in batches:
             predictions = model(inputs.to(device)).argmax(dim=1).cpu()
             correct += int((predictions == labels).sum())
             total += len(labels)
     return correct / total if total else float("nan")
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(device: torch.device):
+    dtype = _amp_dtype(device)
+    return torch.autocast("cuda", dtype=dtype) if dtype else contextlib.nullcontext()

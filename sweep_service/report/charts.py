@@ -1,0 +1,434 @@
+"""The report's charts: matplotlib figures drawn off-screen (Agg) and saved as PNG.
+
+Each chart is a pure function of `SweepResults`. `render_charts` redraws only the charts
+whose inputs changed since the last call (a digest per file, kept in a manifest beside
+them), so a report refreshed after every trial costs about one chart, and writes each
+file atomically (temporary file + rename): a browser never reads half a PNG.
+
+Every chart names the data set and the weights, draws each model with the same colour
+and marker everywhere, keeps its legend outside the plot, labels its axes with units,
+and leaves out failed trials.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from matplotlib import rc_context
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.transforms import Bbox
+from matplotlib.ticker import FuncFormatter, LogFormatter, PercentFormatter
+
+from sweep_service.report import fmt
+from sweep_service.report.results import COST_NAMES, SweepResults, pareto_front, trial_label
+from sweep_service.store import BASELINE, PRUNED
+
+log = logging.getLogger(__name__)
+
+CHART_VERSION = 4  # bump to redraw every chart after a change of style
+MANIFEST = ".charts.json"
+DPI = 100
+MODEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                 "#7f7f7f", "#bcbd22", "#17becf")
+MODEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
+PRUNER_COLOURS = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#edc948", "#76b7b2")
+NUM_CLASSES = 10  # CIFAR-10 and its synthetic twin
+# Sizes for charts shown at about 0.6-0.8 of their pixel size on a laptop screen.
+STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11.5, "xtick.labelsize": 10.5,
+         "ytick.labelsize": 10.5, "legend.fontsize": 11}
+
+
+@dataclass(frozen=True)
+class Chart:
+    """A chart file of the report and what the page says about it."""
+
+    filename: str
+    group: str  # "rate", "tradeoff" or "model": where the page shows it
+    title: str
+    caption: str
+    digest: str = ""
+    model: str | None = None  # set for the per-model charts
+
+
+# styling --------------------------------------------------------------------------------
+def model_style(results: SweepResults, model: str) -> dict[str, Any]:
+    i = results.models.index(model)
+    colour = MODEL_COLOURS[i % len(MODEL_COLOURS)]
+    # Past ten models the colours repeat; the marker and dash pattern keep them apart.
+    dashes = "-" if i < len(MODEL_COLOURS) else "--"
+    return dict(color=colour, marker=MODEL_MARKERS[i % len(MODEL_MARKERS)], linestyle=dashes)
+
+
+def _model_legend(results: SweepResults, models: list[str]) -> list[Line2D]:
+    return [Line2D([], [], label=m, markersize=7, linewidth=2, **model_style(results, m)) for m in models]
+
+
+def _subtitle(results: SweepResults, *, short: bool = False) -> str:
+    weights = {"imagenet": "ImageNet-pretrained", "none": "random init (no pretrained weights)"}
+    w = weights.get(results.sweep.get("weights"), results.sweep.get("weights"))
+    # Not the trial count: it would change every chart after every trial.
+    partial = "  ·  partial results (sweep running)" if results.running else ""
+    if short:
+        return f"data: {results.dataset_label}\nweights: {w}{partial}"
+    return f"data: {results.dataset_label}  ·  weights: {w}  ·  sweep {results.sweep_id}{partial}"
+
+
+def _pct_axis(axis) -> None:
+    axis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+
+
+def _header(fig: Figure, title: str, subtitle: str, *, lines: int = 0) -> None:
+    """Title and subtitle at the top-left (plus room for `lines` more lines of legend
+    under them); the plots fill what is left."""
+    height = fig.get_figheight()
+    lines += subtitle.count("\n") + 1
+    fig.text(0.01, 1 - 0.12 / height, title, ha="left", va="top", fontsize=15, fontweight="bold")
+    fig.text(0.01, 1 - 0.45 / height, subtitle, ha="left", va="top", fontsize=10.5, color="#444",
+             linespacing=1.4)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.6 + 0.2 * lines) / height))
+
+
+def _legend_right(fig: Figure, handles: list, title: str) -> None:
+    """The legend in a column right of the plots, outside all of them."""
+    top = max(ax.get_position().y1 for ax in fig.axes if ax.get_visible())
+    fig.legend(handles=handles, title=title, loc="upper left", bbox_to_anchor=(1.0, top),
+               frameon=False, title_fontsize=11)
+
+
+def _save(fig: Figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.2)
+    write_atomic(path, buffer.getvalue())
+
+
+def _panel_grid(fig: Figure, n: int, max_cols: int = 3, **kw) -> list:
+    """`n` axes in rows of at most `max_cols`, the unused slots hidden."""
+    cols = min(n, max_cols)
+    axes = fig.subplots(math.ceil(n / cols), cols, squeeze=False, **kw)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return flat[:n]
+
+
+def _rate_axis(ax, rates: list[float]) -> None:
+    ticks = [0.0, *rates]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(["base" if t == 0 else fmt.rate(t) for t in ticks])
+    ax.set_xlim(-0.03, max(ticks) + 0.03)
+    ax.grid(True, alpha=0.3)
+
+
+# charts against the pruning rate (the reference study's Figures 2 and 3) ----------------
+def _vs_rate(results: SweepResults, metric: str, title: str, ylabel: str, *, diagonal: bool) -> Figure:
+    pruners = results.pruners or ["none"]
+    rows = math.ceil(len(pruners) / 3)
+    fig = Figure(figsize=(5.0 * min(len(pruners), 3) + 0.5, 5.4 * rows + 0.6))
+    axes = _panel_grid(fig, len(pruners), sharey=True, sharex=True)
+    values = [t[metric] for t in results.completed if t.get(metric) is not None]
+    plotted: set[str] = set()
+    for ax, pruner in zip(axes, pruners):
+        for model in results.models:
+            points = results.curve(model, pruner, metric)
+            if points:
+                plotted.add(model)
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, linewidth=2, markersize=6, alpha=0.9, **model_style(results, model))
+        if diagonal:
+            ax.plot([0, 1], [0, 1], color="#999", linestyle=":", linewidth=1)
+        elif values and min(values) < 0.3:  # chance level is worth seeing only near it
+            ax.axhline(1 / NUM_CLASSES, color="#999", linestyle=":", linewidth=1)
+            ax.text(0.0, 1 / NUM_CLASSES, " chance", va="bottom", fontsize=9, color="#777")
+        ax.set_title(f"pruner: {pruner}")
+        _rate_axis(ax, results.rates)
+        _pct_axis(ax.yaxis)
+        ax.set_xlabel("pruning rate (% of filters removed per pruned layer)")
+    for ax in axes[::3]:
+        ax.set_ylabel(ylabel)
+    if diagonal:
+        axes[0].set_ylim(-0.02, max([0.82, *values]) + 0.05)
+    else:
+        low = min(values, default=0.0)
+        axes[0].set_ylim(max(0.0, low - 0.05) if low > 0.3 else 0.0, min(1.0, max(values, default=1.0) + 0.03))
+    _header(fig, title, _subtitle(results))
+    handles = _model_legend(results, [m for m in results.models if m in plotted])
+    if diagonal:
+        handles.append(Line2D([], [], color="#999", linestyle=":", label="reduction = rate"))
+    _legend_right(fig, handles, "model")
+    return fig
+
+
+def accuracy_vs_rate(results: SweepResults) -> Figure:
+    return _vs_rate(results, "accuracy", "Top-1 accuracy vs pruning rate",
+                    "top-1 accuracy (%)", diagonal=False)
+
+
+def reduction_vs_rate(results: SweepResults) -> Figure:
+    return _vs_rate(results, "param_reduction", "Parameter reduction vs pruning rate",
+                    "parameters removed (% of the unpruned model)", diagonal=True)
+
+
+# per model: the pruners side by side ------------------------------------------------------
+def model_chart(results: SweepResults, model: str) -> Figure:
+    pruners = results.pruners
+    rates = results.rates
+    fig = Figure(figsize=(8, 7.4))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    width = 0.8 / max(len(pruners), 1)
+    for j, pruner in enumerate(pruners):
+        colour = PRUNER_COLOURS[j % len(PRUNER_COLOURS)]
+        for ax, metric in ((top, "accuracy"), (bottom, "param_reduction")):
+            by_rate = dict(p for p in results.curve(model, pruner, metric) if p[0] > 0)
+            xs = [i + (j - (len(pruners) - 1) / 2) * width for i, r in enumerate(rates) if r in by_rate]
+            ys = [by_rate[r] for r in rates if r in by_rate]
+            ax.bar(xs, ys, width=width * 0.95, color=colour, label=pruner if metric == "accuracy" else None)
+    # A gap in the bars says why: the trial failed (see the report's table) or is not done.
+    status = {(t["pruner"], t["rate"]): t["status"] for t in results.trials
+              if t["model"] == model and t["kind"] == PRUNED and t["status"] != "completed"}
+    for (pruner, rate), state in status.items():
+        if pruner in pruners and rate in rates:
+            x = rates.index(rate) + (pruners.index(pruner) - (len(pruners) - 1) / 2) * width
+            top.text(x, 0.02, state, transform=top.get_xaxis_transform(), rotation=90, ha="center",
+                     va="bottom", fontsize=9, color="#c62828" if state == "failed" else "#777")
+    base = results.baseline(model)
+    if base is not None and base.get("accuracy") is not None:
+        top.axhline(base["accuracy"], color="black", linestyle="--", linewidth=1.2)
+        top.text(len(rates) - 0.5, base["accuracy"], f"baseline {base['accuracy']:.1%}", ha="right",
+                 va="bottom", fontsize=10)
+    top.set_ylabel("top-1 accuracy (%)")
+    bottom.set_ylabel("parameters\nremoved (%)")
+    for ax in (top, bottom):
+        _pct_axis(ax.yaxis)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    accs = [t["accuracy"] for t in results.completed if t["model"] == model and t.get("accuracy") is not None]
+    low = min(accs, default=0.0)
+    # Bars start at a round 10 % below the lowest one (at 0 when they spread widely), so
+    # that the pruners' differences show; the axis says where it starts.
+    top.set_ylim(math.floor((low - 0.05) * 10) / 10 if low > 0.4 else 0.0, min(1.0, max(accs, default=1.0) + 0.04))
+    bottom.set_ylim(0, 1)
+    bottom.set_xticks(range(len(rates)))
+    bottom.set_xticklabels([fmt.rate(r) for r in rates])
+    bottom.set_xlabel("pruning rate (% of filters removed per pruned layer)")
+    params = f"{base['params_after'] / 1e6:.2f} M parameters unpruned" if base and base.get("params_after") else ""
+    _header(fig, f"{model}: pruners side by side",
+            "\n".join(x for x in (_subtitle(results, short=True), params) if x), lines=2)
+    handles = [Patch(color=PRUNER_COLOURS[j % len(PRUNER_COLOURS)], label=p) for j, p in enumerate(pruners)]
+    handles.append(Line2D([], [], color="black", linestyle="--", label="unpruned baseline"))
+    # In a row above the plots (outside them): this chart is shown two to a row.
+    box = top.get_position()
+    fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(box.x0, box.y1 + 0.01),
+               ncols=min(len(handles), 4), frameon=False, title="pruner", alignment="left",
+               title_fontsize=11, handlelength=1.6, columnspacing=1.2)
+    return fig
+
+
+# trade-offs: accuracy against a cost, with the Pareto front ---------------------------------
+_COST_AXES = {
+    "params_after": ("parameters (millions, log scale)", 1e6, "{:.3g} M"),
+    "macs_after": ("MACs per image (millions, log scale)", 1e6, "{:.3g} M"),
+    "latency_ms": ("CPU latency, batch 1 (ms, median)", 1.0, "{:.3g} ms"),
+}
+
+
+def tradeoff_chart(results: SweepResults, cost: str) -> Figure:
+    label, scale, tick = _COST_AXES[cost]
+    points = [t for t in results.completed if t.get("accuracy") is not None and t.get(cost) is not None]
+    front = pareto_front(results.completed, cost)
+    fig = Figure(figsize=(11, 6.4))
+    ax = fig.subplots()
+    for model in results.models:
+        style = model_style(results, model)
+        for kind, filled in ((PRUNED, True), (BASELINE, False)):
+            mine = [t for t in points if t["model"] == model and t["kind"] == kind]
+            if mine:
+                ax.scatter([t[cost] / scale for t in mine], [t["accuracy"] for t in mine],
+                           marker=style["marker"], s=46 if filled else 90, alpha=0.8 if filled else 1,
+                           facecolors=style["color"] if filled else "white",
+                           edgecolors=style["color"], linewidths=1.6 if not filled else 0.5, zorder=3)
+    if front:
+        xs = [t[cost] / scale for t in front]
+        ys = [t["accuracy"] for t in front]
+        ax.step(xs, ys, where="post", color="black", linewidth=1.3, zorder=2)
+        ax.scatter(xs, ys, s=170, facecolors="none", edgecolors="black", linewidths=1.4, zorder=4)
+    values = [t[cost] for t in points]
+    if cost != "latency_ms" or max(values, default=1) / max(min(values, default=1), 1e-9) > 20:
+        ax.set_xscale("log")
+        # Plain numbers (matplotlib's default log labels are mathtext, slow to typeset).
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.6)))
+    ax.set_xlabel(label)
+    ax.set_ylabel("top-1 accuracy (%)")
+    _pct_axis(ax.yaxis)
+    ax.grid(True, which="both", alpha=0.25)
+    _header(fig, f"Top-1 accuracy vs {COST_NAMES[cost]} (up and to the left is better)",
+            _subtitle(results))
+    on_front = {t["key"] for t in front}
+    _label_front(fig, ax, [((t[cost] / scale, t["accuracy"]), trial_label(t)) for t in front],
+                 [(t[cost] / scale, t["accuracy"]) for t in points if t["key"] not in on_front])
+    handles = _model_legend(results, [m for m in results.models if any(t["model"] == m for t in points)])
+    for h in handles:
+        h.set_linestyle("none")
+    handles += [
+        Line2D([], [], marker="o", linestyle="none", markerfacecolor="white", markeredgecolor="#555",
+               markersize=9, label="unpruned baseline"),
+        Line2D([], [], marker="o", color="black", markerfacecolor="none", markersize=13,
+               linewidth=1.3, label="Pareto front"),
+    ]
+    _legend_right(fig, handles, "model")
+    return fig
+
+
+# Where a front label may go, relative to its point: up-left first (the empty side of
+# an accuracy-vs-cost front), then the other corners.
+_LABEL_SPOTS = ((-9, 5, "right", "bottom"), (8, 7, "left", "bottom"), (-9, -5, "right", "top"),
+                (9, -6, "left", "top"), (0, 11, "center", "bottom"))
+
+
+def _label_front(fig: Figure, ax, points: list[tuple[tuple[float, float], str]],
+                 others: list[tuple[float, float]]) -> None:
+    """Name the Pareto-front points where a label fits without covering another label,
+    a plotted point or the axes' edge; most accurate first. Says how many went unnamed."""
+    if not points:
+        return
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    frame = ax.get_window_extent(renderer)
+    rings = [Bbox.from_bounds(x - 9, y - 9, 18, 18) for x, y in ax.transData.transform([xy for xy, _ in points])]
+    dots = [Bbox.from_bounds(x - 4, y - 4, 8, 8) for x, y in ax.transData.transform(others)] if others else []
+    placed: list[Bbox] = []
+    named = 0
+    for i in sorted(range(len(points)), key=lambda i: -points[i][0][1]):
+        xy, label = points[i]
+        for dx, dy, ha, va in _LABEL_SPOTS:
+            text = ax.annotate(label, xy, xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                               fontsize=9, color="#222", zorder=5)
+            box = text.get_window_extent(renderer).padded(2)
+            fits = (frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+                    and not any(box.overlaps(b) for b in placed)
+                    and not any(box.overlaps(r) for j, r in enumerate(rings) if j != i)
+                    and not any(box.overlaps(d) for d in dots))
+            if fits:
+                placed.append(box)
+                named += 1
+                break
+            text.remove()
+    if named < len(points):
+        ax.text(0.99, 0.01, f"{named} of {len(points)} front points named; the report's "
+                "Pareto table lists all", transform=ax.transAxes, ha="right", va="bottom",
+                fontsize=9, color="#555")
+
+
+# rendering -------------------------------------------------------------------------------------
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _digest(results: SweepResults, *parts: Any) -> str:
+    """What a chart depends on: the figures it plots and the texts it shows."""
+    payload = [CHART_VERSION, results.models, results.pruners, results.rates, _subtitle(results), *parts]
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _figures_of(results: SweepResults, model: str | None = None) -> list:
+    """What the charts show of the trials: the figures of the completed ones; for one
+    model's chart also the status of the others (it marks failed and unfinished ones)."""
+    cols = ("model", "pruner", "rate", "kind", "status", "accuracy", "param_reduction", "params_after",
+            "macs_after", "latency_ms")
+    return [[t.get(c) if t["status"] == "completed" or i < 5 else None for i, c in enumerate(cols)]
+            for t in results.trials
+            if (model is None and t["status"] == "completed") or t["model"] == model]
+
+
+def plan_charts(results: SweepResults) -> list[tuple[Chart, Callable[[], Figure]]]:
+    """The charts this sweep's results can fill, each with the function that draws it."""
+    if not results.completed:
+        return []
+    everything = _figures_of(results)
+    dataset = results.dataset_label
+    plan: list[tuple[Chart, Callable[[], Figure]]] = [
+        (Chart("accuracy_vs_rate.png", "rate", "Accuracy vs pruning rate",
+               f"Top-1 accuracy on {dataset} after pruning and fine-tuning, a line per model and a "
+               "panel per pruner; the point at 'base' is the unpruned, fine-tuned model.",
+               _digest(results, "acc", everything)),
+         lambda: accuracy_vs_rate(results)),
+        (Chart("param_reduction_vs_rate.png", "rate", "Parameter reduction vs pruning rate",
+               "Share of the unpruned model's parameters that pruning removed. On the dotted "
+               "diagonal a model shrinks as fast as the rate; below it, channel dependencies "
+               "(depthwise convolutions, concatenations, skipped layers) keep weights in place.",
+               _digest(results, "red", everything)),
+         lambda: reduction_vs_rate(results)),
+    ]
+    for cost in ("params_after", "macs_after", "latency_ms"):
+        if any(t.get(cost) is not None and t.get("accuracy") is not None for t in results.completed):
+            name = COST_NAMES[cost]
+            plan.append((
+                Chart(f"accuracy_vs_{_safe(name.lower())}.png", "tradeoff", f"Accuracy vs {name}",
+                      f"Every completed trial; hollow markers are unpruned baselines. The black "
+                      f"step line and rings mark the Pareto front: no other trial is both more "
+                      f"accurate and cheaper in {name}.", _digest(results, cost, everything)),
+                lambda cost=cost: tradeoff_chart(results, cost)))
+    if results.pruners:
+        for model in results.models:
+            mine = _figures_of(results, model)
+            if any(row[3] == PRUNED and row[4] == "completed" for row in mine):
+                plan.append((
+                    Chart(f"model_{_safe(model)}.png", "model", model,
+                          f"{model}: accuracy (top) and parameters removed (bottom) per pruner at "
+                          "each rate; the dashed line is the unpruned baseline.",
+                          _digest(results, "model", model, mine), model=model),
+                    lambda model=model: model_chart(results, model)))
+    return plan
+
+
+def render_charts(results: SweepResults, out_dir: str | Path) -> list[Chart]:
+    """Write the charts' PNGs into `out_dir`, redrawing only those whose data changed.
+    Charts written by an earlier call that no longer apply are removed."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    charts = []
+    for chart, draw in plan_charts(results):
+        path = out / chart.filename
+        if manifest.get(chart.filename) != chart.digest or not path.is_file():
+            try:
+                with rc_context(STYLE):
+                    _save(draw(), path)
+            except Exception:  # one bad chart must not cost the report (or the sweep) the rest
+                log.exception("chart %s of sweep %s could not be drawn", chart.filename, results.sweep_id)
+                path.unlink(missing_ok=True)
+                continue
+        charts.append(chart)
+    new_manifest = {c.filename: c.digest for c in charts}
+    for stale in set(manifest) - set(new_manifest):
+        (out / _safe(stale)).unlink(missing_ok=True)
+    write_atomic(manifest_path, json.dumps(new_manifest, indent=1).encode())
+    return charts
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` in one step (readers see the old or the new file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,187 @@
+"""The static HTML report: index.html beside its PNG charts and a CSV of the trials.
+
+`write_report` reads the database, redraws the charts whose data changed, and replaces
+each file atomically, so it is safe to call after every trial while a browser (or the
+Docker `report` service) shows the folder. All links are relative: the folder can be
+copied, served by any static server, or opened from disk.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from sweep_service.report import fmt
+from sweep_service.report.charts import Chart, render_charts, write_atomic
+from sweep_service.report.export import export_text
+from sweep_service.report.recommend import Limits, recommend
+from sweep_service.report.results import SweepResults, load_results, trial_label
+from sweep_service.store import BASELINE, PENDING, RUNNING
+
+REFRESH_S = 15  # the page reloads itself this often while the sweep runs
+CSV_NAME = "trials.csv"
+
+
+@dataclass(frozen=True)
+class Column:
+    title: str
+    key: str
+    show: Callable[[Any], str]
+    hint: str = ""
+    minor: bool = False  # timings and bookkeeping: shown smaller
+
+
+COLUMNS = (
+    Column("model", "model", str),
+    Column("pruner", "pruner", str),
+    Column("rate", "rate", fmt.rate, "pruning rate: share of filters removed per pruned layer"),
+    Column("accuracy", "accuracy", fmt.pct, "top-1 accuracy on the test split"),
+    Column("vs base", "accuracy_change", fmt.points, "accuracy minus the unpruned baseline's, in points"),
+    Column("params", "params_after", fmt.count, "parameters after pruning"),
+    Column("params −", "param_reduction", lambda v: fmt.pct(v, 1), "share of parameters removed"),
+    Column("MACs", "macs_after", fmt.count, "multiply-accumulates per image"),
+    Column("MACs −", "mac_reduction", lambda v: fmt.pct(v, 1), "share of MACs removed"),
+    Column("size", "model_size_bytes", fmt.size, "saved model file, MB of 10^6 bytes"),
+    Column("latency", "latency_ms", fmt.ms, "median CPU latency, batch 1"),
+    Column("prune", "time_prune_s", fmt.seconds, "time to compute the masks", True),
+    Column("speedup", "time_speedup_s", fmt.seconds, "time to remove the masked channels", True),
+    Column("fine-tune", "time_finetune_s", fmt.seconds, "fine-tuning time", True),
+    Column("eval", "time_eval_s", fmt.seconds, "evaluation time", True),
+    Column("measure", "time_measure_s", fmt.seconds, "time to count MACs and measure latency", True),
+    Column("total", "time_total_s", fmt.seconds, "trial time on the worker", True),
+    Column("wait", "time_wait_s", fmt.seconds, "time from submission to start", True),
+    Column("worker", "worker_host", lambda v: v or "-", "host that ran the trial", True),
+    Column("RSS", "worker_rss_mb", lambda v: "-" if v is None else f"{v:.0f} MB", "worker memory", True),
+    Column("tries", "attempts", lambda v: "-" if v is None else str(v), "attempts", True),
+    Column("key", "key", str, "trial key (hash of its spec)", True),
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> Environment:
+    env = Environment(loader=PackageLoader("sweep_service.report", "templates"),
+                      autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(pct=fmt.pct, count=fmt.count, ms=fmt.ms, size=fmt.size, seconds=fmt.seconds,
+                       when=fmt.when, rate=fmt.rate, label=trial_label)
+    return env
+
+
+def _cell(value: Any, text: str, minor: bool) -> dict[str, Any]:
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return dict(text=text, sort=value if numeric else (value or ""), minor=minor)
+
+
+def _table(trials: list[dict[str, Any]], extra: Column | None = None) -> dict[str, Any]:
+    """Headers and rows of a trial table: the main figures, then `extra` (a column of
+    values the rows carry under its key), then timings and bookkeeping."""
+    columns = [c for c in COLUMNS if not c.minor] + ([extra] if extra else []) + [c for c in COLUMNS if c.minor]
+    rows = []
+    for t in trials:
+        t = {**t, "accuracy_change": None if t.get("accuracy_drop") is None else -t["accuracy_drop"]}
+        if t["kind"] == BASELINE:
+            t["pruner"] = "baseline"
+        cells = [_cell(t.get(c.key), c.show(t[c.key]) if t.get(c.key) is not None else "-", c.minor)
+                 for c in columns]
+        rows.append(dict(cells=cells, key=t["key"], status=t["status"], kind=t["kind"]))
+    return dict(columns=columns, rows=rows)
+
+
+def _in_grid_order(results: SweepResults, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Models and pruners in config order, each model's baseline first, rates rising."""
+    pruners = {p: i for i, p in enumerate(results.pruners)}
+    models = {m: i for i, m in enumerate(results.models)}
+    return sorted(trials, key=lambda t: (models.get(t["model"], len(models)),
+                                         -1 if t["kind"] == BASELINE else pruners.get(t["pruner"], len(pruners)),
+                                         t["rate"]))
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    with open(path, "rb") as f:
+        head = f.read(24)
+    return struct.unpack(">II", head[16:24])
+
+
+def _chart_view(chart: Chart, out: Path) -> dict[str, Any]:
+    width, height = _png_size(out / chart.filename)
+    # ?v=digest: a browser reloading the page fetches a chart again only when it changed.
+    return dict(src=f"{chart.filename}?v={chart.digest}", title=chart.title, caption=chart.caption,
+                width=width, height=height, model=chart.model, file=chart.filename, group=chart.group)
+
+
+def _duration(sweep: dict[str, Any]) -> str:
+    start, end = sweep.get("started_at"), sweep.get("finished_at")
+    if start and end and end >= start:
+        return fmt.seconds((end - start).total_seconds())
+    return "-"
+
+
+def render_page(results: SweepResults, charts: list[Chart], out_dir: Path) -> str:
+    """The page's HTML for `results`, showing `charts` (PNG files already in `out_dir`)."""
+    counts = results.counts
+    total = sum(counts.values())
+    config_limits = Limits.from_mapping(results.config.get("constraints"))
+    rec = recommend(results, config_limits, source="from the sweep config") if config_limits else None
+    pareto = results.pareto_set()
+    unfinished = [t for t in results.trials if t["status"] in (PENDING, RUNNING)]
+    views = [_chart_view(c, out_dir) for c in charts]
+    context = dict(
+        r=results,
+        title=f"Pruning sweep {results.sweep.get('name') or results.sweep_id}",
+        refresh_s=REFRESH_S if results.running else None,
+        generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        counts=counts, total=total,
+        share={k: (100.0 * v / total if total else 0.0) for k, v in counts.items()},
+        weights={"imagenet": "ImageNet-pretrained (torchvision)",
+                 "none": "none: trained from random initialisation"}.get(results.sweep.get("weights"),
+                                                                        results.sweep.get("weights")),
+        synthetic=results.sweep.get("dataset") == "synthetic",
+        duration=_duration(results.sweep),
+        rate_charts=[v for v in views if v["group"] == "rate"],
+        tradeoff_charts=[v for v in views if v["group"] == "tradeoff"],
+        model_charts=[v for v in views if v["group"] == "model"],
+        best=_table(results.best_per_model()),
+        pareto=_table([{**t, "front": ", ".join(t["fronts"])} for t in pareto],
+                      Column("front", "front", str, "the costs for which no other trial is both "
+                                                    "more accurate and cheaper")),
+        completed=_table(_in_grid_order(results, results.completed)),
+        failed=[dict(model=t["model"], pruner=t["pruner"], rate=t["rate"], kind=t["kind"],
+                     attempts=t.get("attempts"), host=t.get("worker_host") or "-",
+                     first=_first_line(t.get("error")), error=(t.get("error") or "").strip())
+                for t in _in_grid_order(results, results.failed)],
+        unfinished=unfinished,
+        rec=rec, rec_table=_table(rec.eligible[:5]) if rec else None,
+        config_text=json.dumps(results.config, indent=2, sort_keys=True),
+        csv_name=CSV_NAME,
+    )
+    return _environment().get_template("report.html.j2").render(**context)
+
+
+def _first_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else "no error text recorded"
+
+
+def write_report(db_path: str | Path, out_dir: str | Path, sweep_id: str | None = None) -> Path:
+    """Write `out_dir`/index.html with its charts and CSV for a sweep (the latest if
+    `sweep_id` is None) of the database at `db_path`; returns the path of index.html.
+
+    Works for a finished or a running sweep (the page then shows progress and reloads
+    itself). Only charts whose data changed are redrawn, and every file is replaced
+    atomically, so calling this after every trial is cheap and safe.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = load_results(db_path, sweep_id)
+    charts = render_charts(results, out)
+    write_atomic(out / CSV_NAME, export_text(results, "csv").encode())
+    index = out / "index.html"
+    # The page goes last: when it names a chart, the chart is there.
+    write_atomic(index, render_page(results, charts, out).encode())
+    return index

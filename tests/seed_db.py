@@ -1,0 +1,225 @@
+"""Test helpers for the report: seed a results database through the real ResultStore
+with plausible, made-up figures; share seeded databases and rendered reports between
+tests; parse a report page.
+
+The figures follow the reference study's story (see shared/REFERENCE.md): resnet50
+degrades least (about 95 % unpruned, about 80 % at rate 0.8), vgg16 collapses past
+0.4; alexnet, vgg16 and resnet50 lose parameters in proportion to the rate while the
+others level off past 0.4. They are deterministic, so tests can name expected trials.
+"""
+from __future__ import annotations
+
+import math
+import random
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, Iterable
+
+from sweep_service.config import parse_config
+from sweep_service.grid import expand
+from sweep_service.store import BASELINE, COMPLETED, FAILED, ResultStore
+
+REFERENCE_MODELS = ("resnet50", "vgg16", "mobilenet_v2", "densenet121", "efficientnet_b0",
+                    "googlenet", "alexnet")
+REFERENCE_PRUNERS = ("l1norm", "l2norm", "fpgm")
+REFERENCE_RATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+# model: baseline accuracy, params, MACs (64 px), latency ms, accuracy drop at 0.8, linear reduction
+PROFILES: dict[str, tuple[float, int, int, float, float, bool]] = {
+    "resnet50": (0.951, 23_528_522, 340_000_000, 9.1, 0.15, True),
+    "vgg16": (0.921, 134_301_514, 1_260_000_000, 12.4, 0.0, True),  # collapses instead
+    "mobilenet_v2": (0.931, 2_236_682, 26_000_000, 4.2, 0.33, False),
+    "densenet121": (0.942, 6_964_106, 235_000_000, 14.3, 0.26, False),
+    "efficientnet_b0": (0.936, 4_020_358, 32_000_000, 7.2, 0.30, False),
+    "googlenet": (0.926, 5_610_154, 123_000_000, 6.3, 0.24, False),
+    "alexnet": (0.884, 57_044_810, 110_000_000, 2.1, 0.22, True),
+    "resnet18": (0.930, 11_181_642, 148_000_000, 3.9, 0.20, True),
+}
+PRUNER_BONUS = {"l1norm": 0.0, "l2norm": 0.002, "fpgm": 0.012}
+
+
+def figures(model: str, pruner: str, rate: float) -> dict[str, Any]:
+    """The result fields of one completed trial (rate 0 / pruner 'none' is the baseline)."""
+    base_acc, params, macs, latency, drop80, linear = PROFILES[model]
+    noise = random.Random(f"{model}/{pruner}/{rate}")
+    if rate == 0:
+        accuracy, reduction = base_acc, 0.0
+    elif model == "vgg16":
+        accuracy = base_acc - 0.03 * (rate / 0.4) ** 2 if rate <= 0.4 else \
+            0.10 + (base_acc - 0.13) * math.exp(-(rate - 0.4) / 0.1) * 0.9
+    else:
+        accuracy = base_acc - drop80 * (rate / 0.8) ** 1.6
+    if rate > 0:
+        accuracy += PRUNER_BONUS.get(pruner, 0.0) * rate + noise.uniform(-0.004, 0.004)
+        reduction = 0.96 * rate if linear else (0.8 * rate if rate <= 0.4 else 0.32 + 0.22 * (rate - 0.4))
+        reduction = min(0.97, max(0.0, reduction + noise.uniform(-0.008, 0.008)))
+    mac_reduction = min(0.97, reduction * 1.08)
+    params_after = round(params * (1 - reduction))
+    return dict(
+        status=COMPLETED,
+        accuracy=round(min(max(accuracy, 0.09), 0.999), 4),
+        params_before=params, params_after=params_after, param_reduction=1 - params_after / params,
+        macs_before=macs, macs_after=round(macs * (1 - mac_reduction)), mac_reduction=mac_reduction,
+        model_size_bytes=params_after * 4 + 180_000,
+        latency_ms=round(latency * (1 - 0.65 * mac_reduction) * noise.uniform(0.97, 1.03), 3),
+        time_startup_s=0.4, time_build_s=0.8, time_prune_s=0.0 if rate == 0 else 1.5,
+        time_speedup_s=0.0 if rate == 0 else 3.0, time_data_s=0.2,
+        time_finetune_s=round(40 * (1 - reduction), 2), time_eval_s=2.0, time_measure_s=1.1,
+        time_total_s=round(49 * (1 - reduction) + 5, 2), time_wait_s=0.3,
+        worker_host=f"worker-{noise.randint(1, 3)}", worker_pid=1000 + noise.randint(0, 99),
+        worker_rss_mb=900.0, threads=1,
+    )
+
+
+def seed_sweep(db_path: str | Path, *, models: Iterable[str] = REFERENCE_MODELS,
+               pruners: Iterable[str] = REFERENCE_PRUNERS, rates: Iterable[float] = REFERENCE_RATES,
+               failed: Iterable[tuple[str, str, float]] = (), done: int | None = None,
+               constraints: dict[str, Any] | None = None, status: str = "finished",
+               dataset: str = "synthetic", name: str = "reference", output_dir: str | Path | None = None,
+               links: bool = True, running: int = 0) -> str:
+    """Record a sweep of `models` x `pruners` x `rates`; returns its sweep id.
+
+    `failed` trials are recorded as failures; with `done`, only the first `done` trials
+    of the grid are recorded, the next `running` are marked running and the rest stay
+    pending (a sweep in progress; pass status="running"). With
+    `links` false, pruned rows lack baseline_accuracy/accuracy_drop (as before the
+    coordinator links them).
+    """
+    db_path = Path(db_path)
+    config = parse_config({
+        "name": name, "models": list(models), "pruners": list(pruners), "rates": list(rates),
+        "dataset": dataset, "weights": "imagenet", "image_size": 64,
+        "database": str(db_path), "output_dir": str(output_dir or db_path.parent / "out"),
+        "constraints": constraints,
+    })
+    specs = list(expand(config))
+    sweep_id = config.sweep_id()
+    store = ResultStore(db_path)
+    store.begin_sweep(sweep_id=sweep_id, name=config.name, config_json=config.to_json(),
+                      dataset=config.dataset, weights=config.weights,
+                      versions={"python": "3.11.7", "torch": "2.14.1", "torchvision": "0.29.1",
+                                "nni": "3.0", "ray": "2.60.0"})
+    store.add_trials(sweep_id, specs)
+    failed = {(m, p, round(r, 6)) for m, p, r in failed}
+    baselines: dict[str, float] = {}
+    for spec in specs[:done]:
+        if (spec.model, spec.pruner, round(spec.rate, 6)) in failed:
+            store.mark_running(sweep_id, spec.key)
+            store.record(sweep_id, spec.key, {
+                "status": FAILED, "worker_host": "worker-2",
+                "error": "speedup failed: RuntimeError: shape mismatch in torch.cat: "
+                         "[1, 64, 8, 8] vs [1, 61, 8, 8]\n  File \"nni/compression/speedup.py\", line 212"})
+            continue
+        result = figures(spec.model, spec.pruner, spec.rate)
+        if spec.kind == BASELINE:
+            baselines[spec.model] = result["accuracy"]
+        if links and spec.model in baselines:
+            result["baseline_accuracy"] = baselines[spec.model]
+            result["accuracy_drop"] = baselines[spec.model] - result["accuracy"]
+        store.mark_running(sweep_id, spec.key)
+        store.record(sweep_id, spec.key, result)
+    if done is not None:
+        for spec in specs[done:done + running]:
+            store.mark_running(sweep_id, spec.key)
+    if status != "running":
+        store.end_sweep(sweep_id, status)
+    store.engine.dispose()
+    return sweep_id
+
+
+_CACHE: dict[str, Path] = {}
+
+
+def seeded_copy(dest: str | Path, **kwargs: Any) -> tuple[Path, str]:
+    """A copy of a seeded database at `dest`/results.db and its sweep id. Each set of
+    arguments is seeded once per test session (seeding the full grid takes seconds)."""
+    key = repr(sorted(kwargs.items()))
+    if key not in _CACHE:
+        import atexit
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="seeded-"))
+        atexit.register(shutil.rmtree, folder, True)
+        sweep_id = seed_sweep(folder / "results.db", output_dir=folder / "out", **kwargs)
+        (folder / "sweep_id").write_text(sweep_id)
+        _CACHE[key] = folder
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_CACHE[key] / "results.db", dest / "results.db")
+    return dest / "results.db", (_CACHE[key] / "sweep_id").read_text()
+
+
+_REPORTS: dict[str, Path] = {}
+
+
+def keep_report(name: str, folder: str | Path) -> None:
+    """Remember a rendered report folder for other tests of this session (its charts
+    take seconds to draw; with a copy, `write_report` finds them up to date)."""
+    _REPORTS[name] = Path(folder)
+
+
+def copy_kept_report(name: str, dest: str | Path) -> bool:
+    """Copy a report folder kept under `name` to `dest`; False if none was kept."""
+    if name not in _REPORTS or not _REPORTS[name].is_dir():
+        return False
+    shutil.copytree(_REPORTS[name], dest, dirs_exist_ok=True)
+    return True
+
+
+if __name__ == "__main__":  # seed a database to look at: python tests/seed_db.py PATH
+    import sys
+
+    print(seed_sweep(sys.argv[1], failed=[("googlenet", "fpgm", 0.8), ("densenet121", "l1norm", 0.7)]))
+
+
+class PageParser(HTMLParser):
+    """What the report tests check in a page: images, tables (rows of cell texts by
+    table id), the refresh tag and links."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict[str, str]] = []
+        self.tables: dict[str, list[list[str]]] = {}
+        self.links: list[str] = []
+        self.refresh: str | None = None
+        self._table: str | None = None
+        self._in_body = False
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: v or "" for k, v in attrs}
+        if tag == "img":
+            self.images.append(a)
+        elif tag == "a" and "href" in a:
+            self.links.append(a["href"])
+        elif tag == "meta" and a.get("http-equiv") == "refresh":
+            self.refresh = a.get("content")
+        elif tag == "table":
+            self._table = a.get("id", f"table{len(self.tables)}")
+            self.tables[self._table] = []
+        elif tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body and self._table:
+            self.tables[self._table].append([])
+        elif tag == "td" and self._in_body:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self.tables[self._table][-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        elif tag == "tbody":
+            self._in_body = False
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def parse_page(text: str) -> PageParser:
+    parser = PageParser()
+    parser.feed(text)
+    return parser

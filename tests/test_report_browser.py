@@ -1,0 +1,174 @@
+"""The report as a person sees it: served over HTTP, rendered by headless Chromium.
+
+Uses Debian's `chromium` (no browser download). Skipped with the reason when it is
+missing on a developer's machine; in CI (CI set) a missing browser is a failure, so
+the test never passes there by not running.
+"""
+from __future__ import annotations
+
+import functools
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from seed_db import copy_kept_report, seeded_copy
+from sweep_service.cli import main
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "artifacts"
+FAILED = [("googlenet", "fpgm", 0.8), ("densenet121", "l1norm", 0.7)]
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--mute-audio"]
+
+# Added to index.html by the test server (the report itself is served unchanged
+# otherwise): once the page has loaded, it records what the browser made of every
+# image, counts the table rows, and sorts the trial table by accuracy as a user would.
+CHECK_SCRIPT = """
+<script>
+window.addEventListener("load", function () {
+  var images = Array.prototype.map.call(document.images, function (img) {
+    return {src: img.getAttribute("src"), complete: img.complete, width: img.naturalWidth,
+            height: img.naturalHeight};
+  });
+  var table = document.getElementById("trials");
+  var headers = Array.prototype.slice.call(table.tHead.rows[0].cells);
+  var col = headers.findIndex(function (th) { return th.textContent.trim() === "accuracy"; });
+  headers[col].click();
+  headers[col].click();  // second click: descending
+  var values = Array.prototype.map.call(table.tBodies[0].rows, function (row) {
+    return parseFloat(row.cells[col].getAttribute("data-v"));
+  });
+  var out = document.createElement("pre");
+  out.id = "browser-check";
+  out.textContent = JSON.stringify({
+    images: images,
+    rows: table.tBodies[0].rows.length,
+    completedRows: table.querySelectorAll("tbody tr[data-status=completed]").length,
+    failedRows: document.querySelectorAll("#failed-table tbody tr").length,
+    sortedFirst: values[0], maxAccuracy: Math.max.apply(null, values),
+    sortState: headers[col].getAttribute("aria-sort")
+  });
+  document.body.appendChild(out);
+});
+</script>
+"""
+
+
+def chromium() -> str:
+    path = shutil.which("chromium")
+    if path:
+        return path
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail("chromium is not installed, and CI must run this test: install Debian's "
+                    "`chromium` package (apt-get install -y chromium)")
+    pytest.skip("chromium is not installed (Debian: apt-get install -y chromium); CI runs this test")
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    requests: list[tuple[str, int]]
+
+    def do_GET(self):
+        if self.path.split("?")[0] in ("/", "/index.html"):
+            page = (Path(self.directory) / "index.html").read_text()
+            body = page.replace("</body>", CHECK_SCRIPT + "</body>").encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self.requests.append((self.path, 200))
+            return
+        super().do_GET()
+
+    def log_request(self, code="-", size="-"):
+        if not self.path.split("?")[0] in ("/", "/index.html"):
+            self.requests.append((self.path, int(code) if str(code).isdigit() else 0))
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The full reference grid's report, written by the CLI and served on 127.0.0.1."""
+    root = tmp_path_factory.mktemp("browser")
+    db, _ = seeded_copy(root, failed=FAILED)
+    # The charts test_report.py drew for the same data, if it ran: the CLI then finds
+    # them up to date and writes the page alone.
+    copy_kept_report("reference", root / "report")
+    assert main(["report", "--db", str(db), "--out", str(root / "report")]) == 0
+    requests: list[tuple[str, int]] = []
+    handler = functools.partial(type("Handler", (_Handler,), {"requests": requests}),
+                                directory=str(root / "report"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield dict(url=f"http://127.0.0.1:{server.server_address[1]}/index.html", root=root,
+                   report=root / "report", requests=requests)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _chromium(binary: str, profile: Path, *args: str) -> subprocess.Popen:
+    profile.mkdir(parents=True)
+    return subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen, what: str) -> str:
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"chromium ({what}) did not finish in 90 s:\n{err[-3000:]}")
+    assert proc.returncode == 0, f"chromium ({what}) exited {proc.returncode}:\n{err[-3000:]}"
+    return out
+
+
+def test_report_renders_in_chromium(served, tmp_path):
+    binary = chromium()
+    shot = tmp_path / "report.png"
+    # Both at once: chromium takes a few seconds to start here.
+    dom_proc = _chromium(binary, tmp_path / "profile-dom", "--window-size=1400,3000", "--dump-dom",
+                         served["url"])
+    shot_proc = _chromium(binary, tmp_path / "profile-shot", f"--screenshot={shot}",
+                          "--window-size=1400,3000", served["url"])
+    dom = _finish(dom_proc, "--dump-dom")
+    _finish(shot_proc, "--screenshot")
+
+    match = re.search(r'<pre id="browser-check">(.*?)</pre>', dom, re.S)
+    assert match, "the page's load event never ran the check:\n" + dom[-2000:]
+    check = json.loads(html.unescape(match.group(1)))
+
+    pngs = sorted(p.name for p in served["report"].glob("*.png"))
+    assert len(check["images"]) == len(pngs) == 12
+    broken = [img for img in check["images"] if not (img["complete"] and img["width"] > 0)]
+    assert not broken, f"images that did not load: {broken}"
+    assert all(img["width"] >= 700 for img in check["images"])
+    served_pngs = {path.split("?")[0].lstrip("/") for path, code in served["requests"] if code == 200}
+    assert set(pngs) <= served_pngs
+
+    completed = 7 + 7 * 3 * 8 - len(FAILED)
+    assert check["rows"] == check["completedRows"] == completed
+    assert check["failedRows"] == len(FAILED)
+    assert check["sortState"] == "descending"
+    assert check["sortedFirst"] == check["maxAccuracy"]
+
+    assert shot.is_file() and shot.stat().st_size > 50_000
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copyfile(shot, ARTIFACTS / "report-screenshot.png")
+    (ARTIFACTS / "report-dom.html").write_text(dom)
