@@ -12,6 +12,10 @@ them itself rather than trusting an import side effect of the coordinator):
   default: the ``pruner_plugins/`` folder beside this package);
 - installed packages declaring an entry point in the group ``sweep_service.pruners``
   that points at a `PrunerPlugin` subclass.
+
+`filter_masks_from_scores` turns one score per output filter into filter-structured
+masks at a rate, so a new criterion only has to compute scores. The full contract, for
+plugin authors, is in ``pruner_plugins/README.md``.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import abc
 import importlib.util
 import inspect
 import os
+import re
 import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -30,6 +35,9 @@ from torch import nn
 
 ENTRY_POINT_GROUP = "sweep_service.pruners"
 DEFAULT_PLUGINS_DIR = Path(__file__).resolve().parents[1] / "pruner_plugins"
+
+PLUGIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+RESERVED_NAME = "none"  # the `pruner` of baseline trials
 
 Masks = dict[str, dict[str, torch.Tensor]]
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -55,6 +63,31 @@ class PrunerPlugin(abc.ABC):
         modules are an error. `data` is a few (inputs, labels) training batches when
         `needs_data` is true, else None.
         """
+
+
+def filter_masks_from_scores(model: nn.Module, layers: list[str], scores: dict[str, torch.Tensor],
+                             rate: float) -> Masks:
+    """Filter-structured masks: in each layer, zero the `rate` share of output filters
+    (rows of the weight, and their bias) with the lowest scores.
+
+    `scores` maps each layer name to one score per output filter (`weight.shape[0]`);
+    higher means more important. Like NNI's filter pruners, each layer loses
+    ``int(rate * filters)`` filters (but keeps at least one), so every layer meets the rate
+    and speedup can remove the channels.
+    """
+    modules = dict(model.named_modules())
+    masks: Masks = {}
+    for name in layers:
+        weight = modules[name].weight
+        score = torch.as_tensor(scores[name]).detach().flatten().float().cpu()
+        if score.numel() != weight.shape[0]:
+            raise ValueError(f"{name}: {score.numel()} scores for {weight.shape[0]} output filters")
+        keep = torch.ones(weight.shape[0], dtype=weight.dtype, device=weight.device)
+        keep[torch.argsort(score, stable=True)[:min(int(rate * weight.shape[0]), weight.shape[0] - 1)]] = 0
+        masks[name] = {"weight": keep.view(-1, *[1] * (weight.dim() - 1)).expand_as(weight).clone()}
+        if isinstance(getattr(modules[name], "bias", None), torch.Tensor):
+            masks[name]["bias"] = keep.clone()
+    return masks
 
 
 @dataclass(frozen=True)
@@ -83,6 +116,24 @@ def _plugin_classes(namespace: dict) -> list[type[PrunerPlugin]]:
     ]
 
 
+def _entry(cls: type[PrunerPlugin], source: str) -> PluginEntry:
+    """Check the class attributes a sweep relies on; errors name the plugin's source."""
+    name = getattr(cls, "name", None)
+    problems = []
+    if not isinstance(name, str) or not PLUGIN_NAME.fullmatch(name):
+        problems.append(f"`name` must be a string of letters, digits, '.', '_', '-', got {name!r}")
+    elif name == RESERVED_NAME:
+        problems.append(f"the name {RESERVED_NAME!r} is reserved for the baselines' rows")
+    description = getattr(cls, "description", None)
+    if not isinstance(description, str) or not description.strip() or "\n" in description.strip():
+        problems.append("`description` must be a one-line string")
+    if not isinstance(getattr(cls, "needs_data", None), bool):
+        problems.append("`needs_data` must be True or False")
+    if problems:
+        raise PluginError(f"pruner plugin {cls.__name__} in {source}: " + "; ".join(problems))
+    return PluginEntry(name, cls, source)
+
+
 def _from_folder(folder: Path) -> list[PluginEntry]:
     found = []
     for path in sorted(folder.glob("*.py")):
@@ -96,7 +147,7 @@ def _from_folder(folder: Path) -> list[PluginEntry]:
             spec.loader.exec_module(module)
         except Exception as exc:
             raise PluginError(f"plugin file {path} failed to import: {type(exc).__name__}: {exc}") from exc
-        found += [PluginEntry(cls.name, cls, str(path)) for cls in _plugin_classes(vars(module))]
+        found += [_entry(cls, str(path)) for cls in _plugin_classes(vars(module))]
     return found
 
 
@@ -108,9 +159,9 @@ def _from_entry_points() -> list[PluginEntry]:
             cls = ep.load()
         except Exception as exc:
             raise PluginError(f"{source} failed to load: {type(exc).__name__}: {exc}") from exc
-        if not (inspect.isclass(cls) and issubclass(cls, PrunerPlugin)):
-            raise PluginError(f"{source} is not a PrunerPlugin subclass")
-        found.append(PluginEntry(cls.name, cls, source))
+        if not (inspect.isclass(cls) and issubclass(cls, PrunerPlugin)) or inspect.isabstract(cls):
+            raise PluginError(f"{source} is not a concrete PrunerPlugin subclass")
+        found.append(_entry(cls, source))
     return found
 
 

@@ -1,0 +1,265 @@
+"""`python -m sweep_service plugins list|check`: which pruners a sweep can use, and
+whether a new one works before a sweep spends hours on it.
+
+`check` runs the plugin the way a trial does (a copy of the model in eval mode, the
+layers the default layer selection picks, calibration batches if it asks for them), on
+small randomly initialised models, and reports one line per check:
+- runs: `masks()` returns without raising;
+- fit: masks only for the selected layers, shaped like the parameters, values 0/1;
+- rate: the masks remove the requested share of the selected layers' weights (within
+  the tolerance trials allow);
+- structure: whole output filters are masked (speedup removes only those, and leaves
+  any other masked weight as it is);
+- speedup: NNI's ModelSpeedup removes the masked channels, the pruned model still runs
+  and has fewer parameters.
+The validation is the one trials use (`sweep_service.pruning.check_masks`), so a plugin
+that passes here is not failed by a trial for its masks.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from sweep_service.plugins import ENTRY_POINT_GROUP, Masks, PluginEntry, PluginError, load_plugins, plugins_dir
+
+DEFAULT_MODELS = ("resnet18", "mobilenet_v2")  # residual adds; depthwise convs
+DEFAULT_RATES = (0.3, 0.7)
+CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE = 2, 16
+NUM_CLASSES = 10
+
+PASS, FAIL, WARN, SKIP = "PASS", "FAIL", "WARN", "SKIP"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    plugins = subparsers.add_parser(
+        "plugins", help="list pruner plugins, or check one",
+        description=f"Pruner plugins come from the plugins folder (SWEEP_PLUGINS_DIR, default "
+                    f"pruner_plugins/) and from installed packages with an entry point in the "
+                    f"group {ENTRY_POINT_GROUP!r}. See pruner_plugins/README.md.")
+    sub = plugins.add_subparsers(dest="plugins_command", required=True, metavar="SUBCOMMAND")
+
+    listing = sub.add_parser("list", help="list the pruners a sweep config may name",
+                             description="List every pruner plugin: name, whether it needs "
+                                         "calibration data, where it comes from, description.")
+    _add_plugins_dir(listing)
+    listing.set_defaults(func=list_handler)
+
+    check = sub.add_parser(
+        "check", help="run a plugin on small models and check its masks",
+        description="Run a plugin on small randomly initialised models at a few rates and check, "
+                    "one line per check, that its masks fit the selected layers, honour the rate "
+                    "and survive speedup. Exits non-zero if any check fails.")
+    check.add_argument("name", help="plugin name, as in `plugins list`")
+    check.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="MODEL",
+                       help=f"models to prune (default: {' '.join(DEFAULT_MODELS)})")
+    check.add_argument("--rates", nargs="+", type=float, default=list(DEFAULT_RATES), metavar="RATE",
+                       help=f"pruning rates, fractions in (0, 1) (default: {' '.join(map(str, DEFAULT_RATES))})")
+    check.add_argument("--image-size", type=int, default=32, help="input size in pixels (default: 32)")
+    _add_plugins_dir(check)
+    check.set_defaults(func=check_handler)
+
+
+def _add_plugins_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugins-dir", type=Path, default=None,
+                        help="plugins folder (default: $SWEEP_PLUGINS_DIR, else pruner_plugins/)")
+
+
+# list ------------------------------------------------------------------------------------
+def list_handler(args: argparse.Namespace) -> int:
+    try:
+        plugins = load_plugins(args.plugins_dir)
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = [("NAME", "DATA", "SOURCE", "DESCRIPTION")]
+    rows += [(e.name, "yes" if e.cls.needs_data else "-", _short_source(e.source), e.description)
+             for e in sorted(plugins.values(), key=lambda e: e.name)]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    folder = Path(args.plugins_dir).resolve() if args.plugins_dir else plugins_dir()
+    print(f"\n{len(plugins)} pruners: *.py files in {_short_source(str(folder))}/ and entry points in "
+          f"the group {ENTRY_POINT_GROUP!r}. DATA: the plugin asks for calibration batches.")
+    return 0
+
+
+def _short_source(source: str) -> str:
+    """A plugin file relative to the working directory if it lies below it."""
+    path = Path(source)
+    if not path.is_absolute():
+        return source
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return source
+
+
+# check -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CheckResult:
+    model: str
+    rate: float
+    check: str  # runs, fit, rate, structure, speedup
+    status: str  # PASS, FAIL, WARN (worth knowing, not a failure), SKIP (an earlier check failed)
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.status}  {self.model:<14} {self.rate:>4.0%}  {self.check:<9}  {self.detail}"
+
+
+def check_handler(args: argparse.Namespace) -> int:
+    from model_zoo import UnknownModelError, model_info
+
+    try:
+        plugins = load_plugins(args.plugins_dir)
+        if args.name not in plugins:
+            raise PluginError(f"unknown pruner {args.name!r}; known pruners: {', '.join(sorted(plugins))}")
+        entry = plugins[args.name]
+        for model in args.models:
+            if args.image_size < model_info(model).min_input_size:
+                raise ValueError(f"{model} needs --image-size of at least {model_info(model).min_input_size}")
+        bad = [r for r in args.rates if not 0.0 < r < 1.0]
+        if bad:
+            raise ValueError(f"rates must be fractions strictly between 0 and 1, got {bad}")
+    except (PluginError, UnknownModelError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    # Small models on tiny batches gain nothing from more threads, and on a busy machine
+    # (a sweep running beside) extra threads spin: one thread is several times faster then.
+    torch.set_num_threads(1)
+    data = (f"yes ({CALIBRATION_BATCHES} random batches of {CALIBRATION_BATCH_SIZE} images)"
+            if entry.cls.needs_data else "no")
+    print(f"checking pruner {entry.name!r} from {_short_source(entry.source)}\n"
+          f"  {entry.description}\n  needs data: {data}; models: {', '.join(args.models)} "
+          f"(random init, {args.image_size} px); rates: {', '.join(f'{r:.0%}' for r in args.rates)}\n",
+          flush=True)
+    results = check_plugin(entry, args.models, args.rates, image_size=args.image_size,
+                           emit=lambda r: print(r.line(), flush=True))
+    failed = [r for r in results if r.status == FAIL]
+    warned = [r for r in results if r.status == WARN]
+    if failed:
+        checks = {r.check for r in failed}
+        consequence = ("a sweep records such trials as failed" if checks & {"runs", "fit", "rate"}
+                       else "a sweep's results for it would not show what it prunes")
+        print(f"\n{entry.name}: {len(failed)} of {len(results)} checks FAILED ({', '.join(sorted(checks))}); "
+              f"{consequence}")
+        return 1
+    print(f"\n{entry.name}: all {len(results) - len(warned)} checks passed"
+          + (f", {len(warned)} warnings" if warned else "")
+          + ". Add it to a config's `pruners:` to sweep it.")
+    return 0
+
+
+def check_plugin(entry: PluginEntry, models: list[str], rates: list[float], *, image_size: int = 32,
+                 emit: Callable[[CheckResult], None] = lambda result: None) -> list[CheckResult]:
+    """Run the plugin on each model at each rate; return (and emit) one result per check."""
+    from model_zoo import create_model
+    from sweep_service.config import LayerSelection
+    from sweep_service.pruning import select_layers
+    from sweep_service.quiet import quiet_nni
+
+    with quiet_nni():  # NNI and torch.fx warn on import
+        import nni.compression.pruning  # noqa: F401
+        import nni.compression.speedup  # noqa: F401
+    results: list[CheckResult] = []
+    for model_name in models:
+        torch.manual_seed(0)
+        model = create_model(model_name, num_classes=NUM_CLASSES, weights="none").eval()
+        layers = select_layers(model, model_name, LayerSelection().model_dump())
+        for rate in rates:
+            for result in _check_one(entry, model, model_name, layers, rate, image_size):
+                results.append(result)
+                emit(result)
+    return results
+
+
+def _check_one(entry: PluginEntry, model: nn.Module, model_name: str, layers: list[str], rate: float,
+               image_size: int) -> Iterator[CheckResult]:
+    from sweep_service.pruning import RATE_TOLERANCE, MaskError, check_fit, masked_share
+
+    def result(check: str, status: str, detail: str) -> CheckResult:
+        return CheckResult(model_name, rate, check, status, detail)
+
+    torch.manual_seed(0)  # trials seed torch too; seeded plugins give the same masks each run
+    data = _calibration_batches(image_size) if entry.cls.needs_data else None
+    start = time.perf_counter()
+    try:
+        masks = entry.create().masks(copy.deepcopy(model).eval(), rate, list(layers), data)
+    except Exception as exc:
+        yield result("runs", FAIL, f"masks() raised {type(exc).__name__}: {_first_line(exc)}")
+        for check in ("fit", "rate", "structure", "speedup"):
+            yield result(check, SKIP, "no masks")
+        return
+    yield result("runs", PASS, f"masks() returned in {time.perf_counter() - start:.1f} s")
+
+    try:
+        check_fit(model, masks, layers)
+    except MaskError as exc:
+        yield result("fit", FAIL, str(exc))
+        for check in ("rate", "structure", "speedup"):
+            yield result(check, SKIP, "masks do not fit the model")
+        return
+    yield result("fit", PASS, f"{len(masks)} masks, all for selected layers ({len(layers)} selected); "
+                              "shapes match the parameters; values 0/1")
+    # The same test as a trial's (check_masks): speedup removes only whole filters.
+    masked, removable = masked_share(model, masks, layers)
+    ok = abs(removable - rate) <= RATE_TOLERANCE
+    yield result("rate", PASS if ok else FAIL,
+                 f"masks remove {removable:.1%} of the selected layers' weights in whole filters, requested "
+                 f"{rate:.0%} (tolerance ±{RATE_TOLERANCE * 100:.0f} points)")
+    if masked > 0 and removable == 0:
+        yield result("structure", FAIL, "no whole output filter is masked: speedup removes nothing and leaves "
+                                        "the weights as they are, so a trial would measure the unpruned model")
+    elif removable == masked:
+        yield result("structure", PASS, "filter-structured: every masked weight is in a whole masked output filter")
+    else:
+        yield result("structure", WARN, f"{1 - removable / masked:.0%} of the masked weights are in output filters "
+                                        "that stay: speedup leaves those weights as they are")
+    yield _check_speedup(model, masks, image_size, removable > 0, result)
+
+
+def _check_speedup(model: nn.Module, masks: Masks, image_size: int, removes_filters: bool,
+                   result: Callable[[str, str, str], CheckResult]) -> CheckResult:
+    from sweep_service.measure import count_params
+    from sweep_service.pruning import speedup
+
+    pruned = copy.deepcopy(model)
+    before = count_params(pruned)
+    start = time.perf_counter()
+    try:
+        speedup(pruned, {k: dict(v) for k, v in masks.items()}, image_size)
+        took = time.perf_counter() - start
+        with torch.no_grad():
+            output = pruned.eval()(torch.rand(2, 3, image_size, image_size))
+        if tuple(output.shape) != (2, NUM_CLASSES):
+            return result("speedup", FAIL, f"the pruned model outputs shape {tuple(output.shape)}, "
+                                           f"expected (2, {NUM_CLASSES})")
+    except Exception as exc:
+        return result("speedup", FAIL, f"{type(exc).__name__}: {_first_line(exc)}")
+    after = count_params(pruned)
+    change = f"params {before / 1e6:.2f}M -> {after / 1e6:.2f}M ({after / before - 1:+.1%})"
+    if removes_filters and after >= before:
+        return result("speedup", FAIL, f"ModelSpeedup ran but removed nothing although whole filters are masked; {change}")
+    note = "" if removes_filters else " (no whole filter masked: nothing to remove)"
+    return result("speedup", PASS, f"ModelSpeedup ran in {took:.1f} s, forward OK; {change}{note}")
+
+
+def _calibration_batches(image_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    return [(torch.randn(CALIBRATION_BATCH_SIZE, 3, image_size, image_size, generator=generator),
+             torch.randint(0, NUM_CLASSES, (CALIBRATION_BATCH_SIZE,), generator=generator))
+            for _ in range(CALIBRATION_BATCHES)]
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
