@@ -67,7 +67,7 @@ def _start_ray(config: SweepConfig):
     import ray
 
     address = os.environ.get("RAY_ADDRESS")
-    options: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False,
+    options: dict[str, Any] = dict(logging_level=logging.ERROR, log_to_driver=False,
                                    configure_logging=True)
     # Workers import this package from the same installation as the coordinator, and
     # find plugins in the same folder (mounted into every container in Docker).

@@ -12,7 +12,10 @@ baseline checkpoints are cached per process.
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
 import functools
+import gc
 import io
 import os
 import socket
@@ -90,7 +93,7 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: bytes | None = None,
     phases = _Phases()
     startup_start = time.perf_counter()
     result: dict[str, Any] = {"worker_host": socket.gethostname(), "worker_pid": os.getpid()}
-    artifact = None
+    artifact = model = masks = None
     try:
         threads = _threads_for(spec)
         torch.set_num_threads(threads)
@@ -152,8 +155,33 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: bytes | None = None,
         result.update(status=FAILED, error=f"{phases.current} failed: {type(exc).__name__}: {exc}\n{tail}")
     result.update(phases.times)
     result["time_total_s"] = time.perf_counter() - startup_start
+    model = masks = None  # drop this trial's tensors before trimming the heap
+    _release_memory()
     result["worker_rss_mb"] = psutil.Process().memory_info().rss / 2**20
     return TrialOutput(result=result, artifact=artifact, started_at=started_at)
+
+
+def _release_memory() -> None:
+    """Hand freed heap back to the OS between trials.
+
+    Each trial allocates differently shaped tensors; glibc keeps the freed chunks, and a
+    warm worker's RSS grew by about 10 % per trial here (1.1 GB to 2.2 GB over ten
+    trials). malloc_trim after each trial keeps it flat.
+    """
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+_LIBC = _load_libc()
 
 
 def _build_start_model(spec: TrialSpec, baseline_checkpoint: bytes | None) -> torch.nn.Module:
