@@ -106,7 +106,9 @@ class _Dispatcher:
         self.in_flight: dict[Any, tuple[TrialSpec, float]] = {}
         self.checkpoints: dict[str, Any] = {}  # baseline key -> ObjectRef of its state_dict bytes
         self.failed: list[str] = []
-        self.ran = 0
+        self.ran = 0  # trials that ran (for the summary)
+        self.logged = 0  # trials with an outcome, including those skipped as their baseline failed
+        self.started = time.time()
         self.models_dir = config.output_dir / "models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
 
@@ -146,6 +148,10 @@ class _Dispatcher:
 
     def _log(self, spec: TrialSpec, result: dict[str, Any]) -> None:
         self.bar.update(1)
+        self.logged += 1
+        done, total = self.logged, self.bar.total
+        eta = (time.time() - self.started) / max(done, 1) * (total - done)
+        progress = f"[{done}/{total}, ETA {eta / 60:.0f} min]" if done < total else f"[{done}/{total}]"
         if result["status"] == COMPLETED:
             line = (f"done   {spec.label:<28} acc {result['accuracy']:.1%}  "
                     f"params -{result['param_reduction']:.0%}  {result.get('time_total_s', 0):.0f}s "
@@ -154,7 +160,7 @@ class _Dispatcher:
             first_line = (result.get("error") or "").splitlines()[0] if result.get("error") else ""
             line = f"FAILED {spec.label:<28} {first_line}"
             self.failed.append(f"{spec.label}: {first_line}")
-        self.bar.write(line)
+        self.bar.write(f"{progress:<20} {line}")
 
 def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
     """Run (or resume) the sweep `config` describes; returns when no trial is left."""
@@ -182,8 +188,9 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
 
     ray = _start_ray(config)
     try:
-        bar = tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+        # A live bar only on a terminal; in logs (Docker) each result line says the progress.
+        bar = tqdm(total=len(todo), desc="trials", unit="trial", dynamic_ncols=True,
+                   disable=not (progress and sys.stderr.isatty()))
         dispatcher = _Dispatcher(ray, config, store, sweep_id, bar)
         _run_queue(ray, config, dispatcher, todo, finished, report_dir)
         bar.close()
@@ -216,6 +223,7 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
     waiting = [s for s in todo if s.key not in ready_keys]
     last_report = 0.0
     waited_since = time.time()
+    waiting_for_workers = False
     while ready or waiting or dispatcher.in_flight:
         slots = _slots(ray, config)
         if slots == 0 and not dispatcher.in_flight:
@@ -223,9 +231,12 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
                 raise SweepAborted(f"no Ray node offers {config.resources.cpus} CPU(s) "
                                    f"{'and %s GPU(s) ' % config.resources.gpus if config.resources.gpus else ''}"
                                    f"for a trial after {WORKER_WAIT_S:.0f} s; start workers or lower `resources`")
-            dispatcher.bar.set_postfix_str("waiting for Ray workers")
+            if not waiting_for_workers:
+                dispatcher.bar.write("waiting for Ray workers to join ...")
+                waiting_for_workers = True
             time.sleep(2)
             continue
+        waiting_for_workers = False
         while ready and len(dispatcher.in_flight) < max(slots, 1):
             dispatcher.submit(ready.popleft())
         if not dispatcher.in_flight:
