@@ -22,12 +22,7 @@ if command -v docker >/dev/null 2>&1 && engine_up; then
     exit 0
 fi
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"
-    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
-    else log "need root to run: $*"; exit 1
-    fi
-}
+. "$(dirname "$0")/common.sh"
 
 missing=""
 command -v dockerd >/dev/null 2>&1 || missing="$missing docker.io"

@@ -50,12 +50,7 @@ if [ -z "$MIRROR" ]; then
     exit 1
 fi
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"
-    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
-    else log "need root to run: $*"; exit 1
-    fi
-}
+. "$(dirname "$0")/common.sh"
 
 if ! command -v debootstrap >/dev/null 2>&1; then
     log "installing debootstrap"

@@ -28,8 +28,9 @@ stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
 if [ ! -f "$stamp" ]; then
     echo "setup: creating .venv and installing pinned dependencies (a few minutes the first time)"
     [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-    .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e ".[dev]"
+    # (the filter drops pip's per-package notes about unreadable local index entries)
+    .venv/bin/pip install -q --upgrade pip 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+    .venv/bin/pip install -q -e ".[dev]" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
