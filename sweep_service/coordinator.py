@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,9 @@ from sweep_service.quiet import silence_libraries
 from sweep_service.store import BASELINE, COMPLETED, FAILED, ResultStore
 from sweep_service.versions import library_versions
 
-REPORT_INTERVAL_S = 10.0
+# The report is redrawn on the coordinator, which shares the cores with the trials: not
+# more often than this.
+REPORT_INTERVAL_S = 60.0
 WORKER_WAIT_S = 600.0
 
 class SweepAborted(RuntimeError):
@@ -105,6 +106,7 @@ class _Dispatcher:
             max_retries=config.max_retries, retry_exceptions=False)
         self.in_flight: dict[Any, tuple[TrialSpec, float]] = {}
         self.checkpoints: dict[str, Any] = {}  # baseline key -> ObjectRef of its state_dict bytes
+        self.epoch_seconds: dict[str, float] = {}  # baseline key -> seconds per training epoch
         self.failed: list[str] = []
         self.ran = 0  # trials that ran (for the summary)
         self.logged = 0  # trials with an outcome, including those skipped as their baseline failed
@@ -132,11 +134,23 @@ class _Dispatcher:
             result["artifact_path"] = str(self._save(spec, artifact))
             if spec.kind == BASELINE:
                 self.checkpoints[spec.key] = self.ray.put(artifact)
+                self.note_baseline_speed(spec.key, result, spec.epochs)
         self.store.record(self.sweep_id, spec.key, result)
         self.store.link_baselines(self.sweep_id)
         self.ran += 1
         self._log(spec, result)
         return spec
+
+    def note_baseline_speed(self, key: str, result: dict[str, Any], epochs: int) -> None:
+        seconds = (result.get("time_finetune_s") or 0.0) + (result.get("time_eval_s") or 0.0)
+        self.epoch_seconds[key] = seconds / max(epochs, 1)
+
+    def expected_seconds(self, spec: TrialSpec) -> float:
+        """A pruned trial's rough cost: its unpruned model's epoch time, scaled by the
+        epochs and by the share of filters kept. Baselines go first."""
+        if spec.kind == BASELINE:
+            return float("inf")
+        return self.epoch_seconds.get(spec.baseline_key, 0.0) * max(spec.epochs, 1) * (1 - spec.rate)
 
     def _save(self, spec: TrialSpec, artifact: bytes) -> Path:
         stem = f"{spec.model}-baseline" if spec.kind == BASELINE else f"{spec.model}-{spec.pruner}-{spec.rate:.2f}"
@@ -218,7 +232,10 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
         extra = [s for s in expand(config) if s.key in missing]
         todo = extra + todo
         dispatcher.bar.total += len(extra)
-    ready = deque(s for s in todo if s.kind == BASELINE or s.baseline_key in dispatcher.checkpoints)
+    for key, row in finished.items():
+        if row["kind"] == BASELINE and row["status"] == COMPLETED:
+            dispatcher.note_baseline_speed(key, row, config.baseline_epochs)
+    ready = [s for s in todo if s.kind == BASELINE or s.baseline_key in dispatcher.checkpoints]
     ready_keys = {s.key for s in ready}
     waiting = [s for s in todo if s.key not in ready_keys]
     last_report = 0.0
@@ -238,7 +255,9 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
             continue
         waiting_for_workers = False
         while ready and len(dispatcher.in_flight) < max(slots, 1):
-            dispatcher.submit(ready.popleft())
+            # Longest first, so that the sweep does not end on one long trial and idle slots.
+            ready.sort(key=dispatcher.expected_seconds)
+            dispatcher.submit(ready.pop())
         if not dispatcher.in_flight:
             break
         spec = dispatcher.wait_one()
