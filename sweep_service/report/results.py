@@ -31,15 +31,15 @@ class SweepResults:
 
     @cached_property
     def config(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.sweep.get("config_json") or "{}")
-        except json.JSONDecodeError:
-            return {}
+        return self._json_column("config_json")
 
     @cached_property
     def versions(self) -> dict[str, str]:
+        return self._json_column("versions_json")
+
+    def _json_column(self, column: str) -> dict[str, Any]:
         try:
-            return json.loads(self.sweep.get("versions_json") or "{}")
+            return json.loads(self.sweep.get(column) or "{}")
         except json.JSONDecodeError:
             return {}
 
