@@ -11,6 +11,8 @@ sees the gradients while the weights stay as they are.
 """
 from __future__ import annotations
 
+import functools
+from collections import defaultdict
 from typing import Any, ClassVar
 
 import torch
@@ -33,7 +35,7 @@ class NNIPruner(PrunerPlugin):
         with quiet_nni():
             import nni.compression.pruning as nni_pruning
 
-            pruner_cls = getattr(nni_pruning, self.nni_pruner)
+            pruner_cls = pruner_class(self.nni_pruner)
             config_list = [{"op_names": list(layers), "sparse_ratio": rate, **self.nni_config}]
             kwargs = dict(self.nni_kwargs)
             if self.needs_data:
@@ -48,6 +50,35 @@ class NNIPruner(PrunerPlugin):
             module: {param: mask.detach().clone() for param, mask in by_param.items() if mask is not None}
             for module, by_param in masks.items()
         }
+
+
+@functools.lru_cache(maxsize=None)
+def pruner_class(name: str) -> type:
+    """The class of ``nni.compression.pruning`` called `name`; for FPGMPruner, a subclass
+    that computes the same metric without NNI's Python loop over filters."""
+    import nni.compression.pruning as nni_pruning
+
+    cls = getattr(nni_pruning, name)
+    if cls is not nni_pruning.FPGMPruner:
+        return cls
+    return type("VectorizedFPGMPruner", (cls,), {"_calculate_metrics": _vectorized_fpgm_metrics})
+
+
+def _vectorized_fpgm_metrics(self, data):
+    """NNI 3.0's fpgm_metrics, with each block's summed distance to all other blocks taken
+    from one pairwise-distance matrix, which for p=2 is a matrix product (in float64, so the
+    ranking matches NNI's loop): 2.3 s per resnet18 at 1 thread becomes 0.8 s."""
+    def reduce_func(t: torch.Tensor) -> torch.Tensor:
+        rows = t.reshape(-1, t.shape[-1]).double()
+        distances = torch.cdist(rows, rows, p=self.p)
+        return distances.sum(dim=1).to(t.dtype).reshape(t.shape[:-1])
+
+    metrics = defaultdict(dict)
+    for module_name, module_data in data.items():
+        for target_name, target_data in module_data.items():
+            target_space = self._target_spaces[module_name][target_name]
+            metrics[module_name][target_name] = target_space._scaler.shrink(target_data, reduce_func, keepdim=True)
+    return metrics
 
 
 def calibration_evaluator(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]):
