@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -39,7 +40,7 @@ GRID = dict(
     optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
     resources={"cpus": 1, "gpus": 0},
 )
-PHASES = ("startup", "build", "prune", "speedup", "data", "finetune", "eval", "measure", "wait")
+PHASES = ("startup", "build", "prune", "speedup", "data", "tune", "finetune", "eval", "measure", "wait")
 
 
 def run_service(workdir: Path) -> dict:
@@ -47,7 +48,7 @@ def run_service(workdir: Path) -> dict:
               "output_dir": str(workdir / "service")}
     path = workdir / "benchmark.yaml"
     path.write_text(yaml.safe_dump(config))
-    start = time.perf_counter()
+    started, start = time.time(), time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "sweep_service", "run", str(path)], cwd=REPO,
                             capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -58,7 +59,20 @@ def run_service(workdir: Path) -> dict:
     rows = [dict(r) for r in con.execute("SELECT * FROM trials ORDER BY finished_at")]
     if any(r["status"] != "completed" for r in rows):
         sys.exit(f"service trials failed: {[r['error'] for r in rows if r['status'] != 'completed']}")
-    return {"wall_s": wall, "rows": rows}
+    return {"wall_s": wall, "rows": rows, "timeline": _timeline(rows, started, started + wall)}
+
+
+def _timeline(rows: list[dict], started: float, ended: float) -> dict:
+    """Where the service's wall time went: before the first trial was dispatched, the trials
+    (with the share of slot time no trial ran), after the last result."""
+    def clock(text: str) -> float:  # the store's UTC timestamps
+        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+
+    first = min(clock(r["started_at"]) for r in rows)
+    last = max(clock(r["finished_at"]) for r in rows)
+    busy = sum(r["time_total_s"] for r in rows)
+    return {"before_first_trial_s": first - started, "trials_s": last - first,
+            "slots_idle_fraction": 1 - busy / (SLOTS * (last - first)), "after_last_trial_s": ended - last}
 
 
 # --- the ideal ---------------------------------------------------------------------------
@@ -71,6 +85,7 @@ def _ideal_job(job: dict) -> dict:
     """Time the bare arithmetic of one trial: its model, in-memory random tensors."""
     import torch
 
+    from sweep_service.compute import Compute
     from sweep_service.training import make_optimizer
 
     torch.set_num_threads(job["threads"])
@@ -80,19 +95,24 @@ def _ideal_job(job: dict) -> dict:
         from model_zoo import create_model
 
         model = create_model(job["model"], weights="none")
+    # The format the trial trained in: the framework's best speed for that model, as measured.
+    compute, cpu = Compute.parse(job["compute"]), torch.device("cpu")
+    compute.prepare(model)
     optimizer = make_optimizer(model, GRID["optimizer"])
     loss_fn = torch.nn.CrossEntropyLoss()
-    inputs = {b: torch.randn(b, 3, 32, 32) for b in set(job["train_batches"] + job["eval_batches"])}
+    inputs = {b: compute.inputs(torch.randn(b, 3, 32, 32), cpu)
+              for b in set(job["train_batches"] + job["eval_batches"])}
     labels = {b: torch.randint(0, 10, (b,)) for b in inputs}
     start = time.perf_counter()
     model.train()
     for b in job["train_batches"]:
-        loss = loss_fn(model(inputs[b]), labels[b])
+        with compute.autocast(cpu):
+            loss = loss_fn(model(inputs[b]), labels[b])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode():  # evaluation in fp32, as in the service
         for b in job["eval_batches"]:
             model(inputs[b]).argmax(1)
     return {"key": job["key"], "seconds": time.perf_counter() - start}
@@ -103,7 +123,7 @@ def measure_ideal(rows: list[dict]) -> dict:
     for row in rows:
         epochs = GRID["baseline_epochs"] if row["kind"] == "baseline" else GRID["finetune_epochs"]
         jobs.append(dict(key=row["key"], kind=row["kind"], model=row["model"], artifact=row["artifact_path"],
-                         threads=int(row["threads"] or 1),
+                         threads=int(row["threads"] or 1), compute=row["compute"],
                          train_batches=_batch_sizes(GRID["train_subset"], GRID["batch_size"]) * epochs,
                          eval_batches=_batch_sizes(GRID["test_subset"], GRID["eval_batch_size"])))
     # Measured while `SLOTS` run at once, as in the sweep, so both see the same contention.
@@ -199,7 +219,7 @@ def main() -> None:
     overhead_total = 1 - sum(t["phases_s"]["finetune"] + t["phases_s"]["eval"] for t in trials) / sum(t["total_s"] for t in trials)
     figures = dict(
         grid=GRID, slots=SLOTS,
-        service_wall_s=service["wall_s"], ideal_wall_s=ideal["wall_s"], reference_wall_s=reference["wall_s"],
+        service_wall_s=service["wall_s"], service_timeline=service["timeline"], ideal_wall_s=ideal["wall_s"], reference_wall_s=reference["wall_s"],
         speedup_vs_reference=reference["wall_s"] / service["wall_s"],
         sweep_efficiency=ideal["wall_s"] / service["wall_s"],
         overhead_fraction_total=overhead_total,
@@ -226,6 +246,9 @@ def print_table(f: dict) -> None:
               + f"{t['total_s']:>8.1f}{t['ideal_s']:>8.1f}{t['overhead']:>6.1%}{t['forward_mflops_per_image']:>11.1f}")
     print(f"\nwall time: service {f['service_wall_s']:.1f} s, plain reference {f['reference_wall_s']:.1f} s, "
           f"ideal {f['ideal_wall_s']:.1f} s on {f['slots']} slots")
+    t = f["service_timeline"]
+    print(f"service wall: {t['before_first_trial_s']:.1f} s to the first dispatch, {t['trials_s']:.1f} s of trials "
+          f"(slots idle {t['slots_idle_fraction']:.1%}), {t['after_last_trial_s']:.1f} s after the last result")
     print(f"accuracy: service mean {f['accuracy_service_mean']:.1%}, reference mean {f['accuracy_reference_mean']:.1%}, "
           f"mean difference {f['accuracy_diff_mean']:+.1%} (largest {f['accuracy_diff_abs_max']:.1%})")
     print(f"arithmetic: {f['achieved_gflops']:.1f} GFLOP/s achieved vs {f['matmul_peak_gflops']:.0f} GFLOP/s fp32 matmul peak")

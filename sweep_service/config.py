@@ -104,6 +104,9 @@ class SweepConfig(_Strict):
     layers: LayerSelection = LayerSelection()
     prune_from: Literal["baseline", "pretrained"] = "baseline"
     resources: Resources = Resources()
+    # Number format and memory layout of training (see sweep_service.compute): "auto"
+    # times the candidates on each model's baseline and keeps the fastest.
+    compute: str = "auto"
     max_retries: NonNegativeInt = 2
     latency_runs: PositiveInt = 20
     database: Path = Path("results/sweep.db")
@@ -155,6 +158,22 @@ class SweepConfig(_Strict):
             raise ValueError(f"pruners repeat a name: {pruners}")
         return pruners
 
+    @field_validator("compute")
+    @classmethod
+    def _known_compute(cls, value: str) -> str:
+        from sweep_service.compute import CHOICES
+
+        if value != "auto" and value not in CHOICES:
+            raise ValueError(f"unknown compute {value!r}; choose auto or one of {', '.join(CHOICES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _fp16_needs_gpus(self) -> "SweepConfig":
+        if self.compute.startswith("fp16") and self.resources.gpus == 0:
+            raise ValueError(f"compute {self.compute} runs only on GPUs but resources.gpus is 0; "
+                             "set resources.gpus or use compute: auto, bf16 or fp32")
+        return self
+
     @model_validator(mode="after")
     def _input_size_fits_models(self) -> "SweepConfig":
         from model_zoo import model_info
@@ -184,7 +203,7 @@ class SweepConfig(_Strict):
         defining = self.model_dump(
             mode="json",
             exclude={"models", "pruners", "rates", "data_root", "weights_dir", "database",
-                     "output_dir", "resources", "max_retries", "constraints", "latency_runs"},
+                     "output_dir", "resources", "compute", "max_retries", "constraints", "latency_runs"},
         )
         digest = hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.name}-{digest}"

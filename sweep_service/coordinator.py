@@ -87,10 +87,11 @@ def _slots(ray, config: SweepConfig) -> int:
         slots = min(slots, int(resources.get("GPU", 0) // config.resources.gpus))
     return slots
 
-def _remote_trial(spec: TrialSpec, baseline_checkpoint: bytes | None, plugins_folder: str):
+def _remote_trial(spec: TrialSpec, baseline_checkpoint: bytes | None, plugins_folder: str,
+                  compute: str | None):
     from sweep_service.trial import run_trial
 
-    return run_trial(spec, baseline_checkpoint, plugins_folder)
+    return run_trial(spec, baseline_checkpoint, plugins_folder, compute)
 
 class _Dispatcher:
     """Keeps the cluster's slots busy and records every result as it arrives."""
@@ -107,6 +108,7 @@ class _Dispatcher:
         self.in_flight: dict[Any, tuple[TrialSpec, float]] = {}
         self.checkpoints: dict[str, Any] = {}  # baseline key -> ObjectRef of its state_dict bytes
         self.epoch_seconds: dict[str, float] = {}  # baseline key -> seconds per training epoch
+        self.computes: dict[str, str] = {}  # baseline key -> compute format measured fastest
         self.failed: list[str] = []
         self.ran = 0  # trials that ran (for the summary)
         self.logged = 0  # trials with an outcome, including those skipped as their baseline failed
@@ -116,7 +118,8 @@ class _Dispatcher:
 
     def submit(self, spec: TrialSpec) -> None:
         checkpoint = self.checkpoints.get(spec.baseline_key) if spec.baseline_key else None
-        ref = self.remote.remote(spec, checkpoint, str(plugins_dir()))
+        compute = self.computes.get(spec.baseline_key) if spec.baseline_key else None
+        ref = self.remote.remote(spec, checkpoint, str(plugins_dir()), compute)
         self.in_flight[ref] = (spec, time.time())
         self.store.mark_running(self.sweep_id, spec.key)
 
@@ -134,16 +137,19 @@ class _Dispatcher:
             result["artifact_path"] = str(self._save(spec, artifact))
             if spec.kind == BASELINE:
                 self.checkpoints[spec.key] = self.ray.put(artifact)
-                self.note_baseline_speed(spec.key, result, spec.epochs)
+                self.note_baseline(spec.key, result, spec.epochs)
         self.store.record(self.sweep_id, spec.key, result)
         self.store.link_baselines(self.sweep_id)
         self.ran += 1
         self._log(spec, result)
         return spec
 
-    def note_baseline_speed(self, key: str, result: dict[str, Any], epochs: int) -> None:
+    def note_baseline(self, key: str, result: dict[str, Any], epochs: int) -> None:
+        """Keep what a baseline measured for its model's pruned trials: speed and format."""
         seconds = (result.get("time_finetune_s") or 0.0) + (result.get("time_eval_s") or 0.0)
         self.epoch_seconds[key] = seconds / max(epochs, 1)
+        if result.get("compute"):
+            self.computes[key] = result["compute"]
 
     def expected_seconds(self, spec: TrialSpec) -> float:
         """A pruned trial's rough cost: its unpruned model's epoch time, scaled by the
@@ -169,7 +175,8 @@ class _Dispatcher:
         if result["status"] == COMPLETED:
             line = (f"done   {spec.label:<28} acc {result['accuracy']:.1%}  "
                     f"params -{result['param_reduction']:.0%}  {result.get('time_total_s', 0):.0f}s "
-                    f"on {result.get('worker_host')}")
+                    f"on {result.get('worker_host')}"
+                    + (f", {result.get('compute')}" if spec.kind == BASELINE else ""))
         else:
             first_line = (result.get("error") or "").splitlines()[0] if result.get("error") else ""
             line = f"FAILED {spec.label:<28} {first_line}"
@@ -234,7 +241,7 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
         dispatcher.bar.total += len(extra)
     for key, row in finished.items():
         if row["kind"] == BASELINE and row["status"] == COMPLETED:
-            dispatcher.note_baseline_speed(key, row, config.baseline_epochs)
+            dispatcher.note_baseline(key, row, config.baseline_epochs)
     ready = [s for s in todo if s.kind == BASELINE or s.baseline_key in dispatcher.checkpoints]
     ready_keys = {s.key for s in ready}
     waiting = [s for s in todo if s.key not in ready_keys]

@@ -14,8 +14,8 @@ from typing import Any, Iterator
 from sweep_service.config import SweepConfig
 from sweep_service.store import BASELINE, PRUNED
 
-# Fields that say where things are or how much hardware to use: not part of the key.
-_NOT_IN_KEY = frozenset({"data_root", "weights_dir", "cpus", "gpus", "latency_runs"})
+# Fields that say where things are or how the hardware runs them: not part of the key.
+_NOT_IN_KEY = frozenset({"data_root", "weights_dir", "cpus", "gpus", "compute", "latency_runs"})
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class TrialSpec:
     cpus: float
     gpus: float
     latency_runs: int
+    compute: str = "auto"  # "auto" or a sweep_service.compute choice
 
     @property
     def key(self) -> str:
@@ -84,6 +85,7 @@ def _common(config: SweepConfig) -> dict[str, Any]:
         cpus=config.resources.cpus,
         gpus=config.resources.gpus,
         latency_runs=config.latency_runs,
+        compute=config.compute,
     )
 
 

@@ -20,7 +20,9 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -83,6 +85,7 @@ class TrialRow(Base):
     time_prune_s: Mapped[float | None] = mapped_column(default=None)
     time_speedup_s: Mapped[float | None] = mapped_column(default=None)
     time_data_s: Mapped[float | None] = mapped_column(default=None)
+    time_tune_s: Mapped[float | None] = mapped_column(default=None)  # choosing the compute format
     time_finetune_s: Mapped[float | None] = mapped_column(default=None)
     time_eval_s: Mapped[float | None] = mapped_column(default=None)
     time_measure_s: Mapped[float | None] = mapped_column(default=None)
@@ -93,6 +96,7 @@ class TrialRow(Base):
     worker_pid: Mapped[int | None] = mapped_column(default=None)
     worker_rss_mb: Mapped[float | None] = mapped_column(default=None)
     threads: Mapped[int | None] = mapped_column(default=None)
+    compute: Mapped[str | None] = mapped_column(default=None)  # e.g. "bf16-channels-last"
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     artifact_path: Mapped[str | None] = mapped_column(String, default=None)
@@ -117,6 +121,7 @@ class ResultStore:
         self.engine = create_engine(f"sqlite:///{self.path}", future=True)
         event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        _add_new_columns(self.engine)
 
     @classmethod
     def open_existing(cls, path: str | Path) -> "ResultStore":
@@ -233,6 +238,21 @@ class ResultStore:
     @staticmethod
     def _row(s: Session, sweep_id: str, key: str) -> TrialRow:
         return s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id, TrialRow.key == key)).one()
+
+
+def _add_new_columns(engine) -> None:
+    """Bring a database written by an earlier version up to date, keeping its rows.
+
+    Columns are only ever added, all nullable, so a missing one is added empty.
+    """
+    existing = inspect(engine)
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            present = {c["name"] for c in existing.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    kind = column.type.compile(engine.dialect)
+                    connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -1,17 +1,18 @@
 """Fine-tuning and evaluation loops (plain PyTorch; the pipeline feeds tensors).
 
-On a GPU, training and evaluation run under automatic mixed precision (bf16 where the
-device supports it, else fp16 with loss scaling); on CPUs in fp32, which measured
-fastest for these models here.
+Training runs in the trial's `Compute` format (see sweep_service.compute); evaluation
+always in fp32, in the same memory layout, so that accuracies do not depend on the format
+that happened to be fastest.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Iterable
 
 import torch
 from torch import nn
+
+from sweep_service.compute import FP32, Compute
 
 
 def make_optimizer(model: nn.Module, settings: dict) -> torch.optim.Optimizer:
@@ -22,10 +23,11 @@ def make_optimizer(model: nn.Module, settings: dict) -> torch.optim.Optimizer:
 
 
 def train(model: nn.Module, batches: Iterable, *, epochs: int, optimizer_settings: dict,
-          device: torch.device, steps_per_epoch: int) -> float:
+          device: torch.device, steps_per_epoch: int, compute: Compute = FP32) -> float:
     """Train with a short linear warm-up and cosine decay; returns the last epoch's mean loss."""
     if epochs == 0:
         return float("nan")
+    compute.prepare(model)
     optimizer = make_optimizer(model, optimizer_settings)
     total = epochs * steps_per_epoch
     warmup = max(1, min(total // 10, 100))
@@ -33,44 +35,35 @@ def train(model: nn.Module, batches: Iterable, *, epochs: int, optimizer_setting
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
     )
     loss_fn = nn.CrossEntropyLoss()
-    scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(device) == torch.float16)
+    scaler = compute.grad_scaler(device)
     model.train()
     mean_loss = float("nan")
     for _ in range(epochs):
-        loss_sum, n = 0.0, 0
+        loss_sum = torch.zeros((), device=device)
+        n = 0
         for inputs, labels in batches:
-            inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with _autocast(device):
+            inputs, labels = compute.inputs(inputs, device), labels.to(device, non_blocking=True)
+            with compute.autocast(device):
                 loss = loss_fn(model(inputs), labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
-            loss_sum += loss.item() * len(labels)
+            loss_sum += loss.detach() * len(labels)  # no per-step device sync
             n += len(labels)
-        mean_loss = loss_sum / max(n, 1)
+        mean_loss = loss_sum.item() / max(n, 1)
     return mean_loss
 
 
-def evaluate(model: nn.Module, batches: Iterable, device: torch.device) -> float:
-    """Top-1 accuracy as a fraction."""
+def evaluate(model: nn.Module, batches: Iterable, device: torch.device, compute: Compute = FP32) -> float:
+    """Top-1 accuracy as a fraction, computed in fp32."""
+    compute.prepare(model)
     model.eval()
     correct, total = 0, 0
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode():
         for inputs, labels in batches:
-            predictions = model(inputs.to(device)).argmax(dim=1).cpu()
+            predictions = model(compute.inputs(inputs, device)).argmax(dim=1).cpu()
             correct += int((predictions == labels).sum())
             total += len(labels)
     return correct / total if total else float("nan")
-
-
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _autocast(device: torch.device):
-    dtype = _amp_dtype(device)
-    return torch.autocast("cuda", dtype=dtype) if dtype else contextlib.nullcontext()

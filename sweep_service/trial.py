@@ -29,6 +29,7 @@ import torch
 
 from model_zoo import create_model
 from sweep_service import data as datasets
+from sweep_service.compute import Compute, choose
 from sweep_service.grid import TrialSpec
 from sweep_service.measure import count_macs, count_params, cpu_latency_ms, serialized_size
 from sweep_service.plugins import get_plugin
@@ -88,7 +89,8 @@ def _threads_for(spec: TrialSpec) -> int:
 
 
 def run_trial(spec: TrialSpec, baseline_checkpoint: bytes | None = None,
-              plugins_dir: str | None = None) -> TrialOutput:
+              plugins_dir: str | None = None, compute: str | None = None) -> TrialOutput:
+    """Run one trial. `compute` is the format chosen on this model's baseline, if known."""
     started_at = time.time()
     phases = _Phases()
     startup_start = time.perf_counter()
@@ -130,11 +132,14 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: bytes | None = None,
             model = phases.run("speedup", speedup, model, masks, spec.image_size)
 
         model.to(device)
+        chosen = phases.run("tune", _compute_for, spec, model, device, compute)
+        result["compute"] = chosen.name
         phases.run("finetune", train, model, train_batches, epochs=spec.epochs,
                    optimizer_settings=spec.optimizer, device=device,
-                   steps_per_epoch=len(train_batches))
-        accuracy = phases.run("eval", evaluate, model, test_batches, device)
-        model.cpu()
+                   steps_per_epoch=len(train_batches), compute=chosen)
+        accuracy = phases.run("eval", evaluate, model, test_batches, device, chosen)
+        # Measured and shipped in the standard layout, whatever layout trained it.
+        model.cpu().to(memory_format=torch.contiguous_format)
 
         def measure() -> tuple[dict[str, Any], bytes]:
             params_after, macs_after = count_params(model), count_macs(model, spec.image_size)
@@ -159,6 +164,26 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: bytes | None = None,
     _release_memory()
     result["worker_rss_mb"] = psutil.Process().memory_info().rss / 2**20
     return TrialOutput(result=result, artifact=artifact, started_at=started_at)
+
+
+def _compute_for(spec: TrialSpec, model: torch.nn.Module, device: torch.device,
+                 known: str | None) -> Compute:
+    """The config's explicit choice; else the baseline's measured one if this worker can run
+    it; else measure here."""
+    if spec.compute != "auto":
+        chosen = Compute.parse(spec.compute)
+        chosen.check(device)
+        return chosen
+    if known:
+        chosen = Compute.parse(known)
+        try:
+            chosen.check(device)
+            return chosen
+        except ValueError:  # a different kind of worker than the baseline's
+            pass
+    chosen, _ = choose(model, device, batch_size=spec.batch_size, image_size=spec.image_size,
+                       num_classes=len(datasets.CLASSES))
+    return chosen
 
 
 def _release_memory() -> None:

@@ -60,3 +60,21 @@ def test_check_masks_rejects_bad_masks():
         check_masks(model, {"conv1": {"weight": torch.ones_like(model.conv1.weight)}}, layers, 0.05)
     with pytest.raises(MaskError, match="does not honour the rate"):
         check_masks(model, {"layer1.0.conv1": {"weight": torch.ones_like(weight)}}, layers, 0.5)
+
+
+def test_vectorized_fpgm_picks_the_same_filters_as_nni():
+    import nni.compression.pruning as nni_pruning
+
+    from sweep_service.nni_adapter import pruner_class
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", weights="none").eval()
+    layers = select_layers(model, "resnet18", DEFAULT_LAYERS)
+    found = []
+    for cls in (nni_pruning.FPGMPruner, pruner_class("FPGMPruner")):
+        pruner = cls(copy.deepcopy(model), [{"op_names": layers, "sparse_ratio": 0.5}])
+        _, masks = pruner.compress()
+        found.append({name: by_param["weight"] for name, by_param in masks.items()})
+    assert pruner_class("FPGMPruner") is not nni_pruning.FPGMPruner
+    assert found[0].keys() == found[1].keys() == set(layers)
+    assert all(torch.equal(found[0][name], found[1][name]) for name in layers)

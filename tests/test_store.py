@@ -46,3 +46,24 @@ def test_record_link_baselines_and_reset(tiny_config, tmp_path):
     assert {r["key"]: r["status"] for r in store.trials(sweep_id)}[other.key] == "pending"
     sweep = store.sweep()
     assert sweep["sweep_id"] == sweep_id and sweep["dataset"] == "synthetic"
+
+
+def test_a_database_from_an_earlier_version_gains_new_columns_and_keeps_its_rows(tiny_config, tmp_path):
+    config, specs, store = _setup(tiny_config, tmp_path)
+    sweep_id = config.sweep_id()
+    store.add_trials(sweep_id, specs)
+    store.mark_running(sweep_id, specs[0].key)
+    store.record(sweep_id, specs[0].key, {"status": "completed", "accuracy": 0.8})
+    store.engine.dispose()
+    with sqlite3.connect(tmp_path / "r.db") as con:  # as written before these columns existed
+        con.execute("ALTER TABLE trials DROP COLUMN compute")
+        con.execute("ALTER TABLE trials DROP COLUMN time_tune_s")
+
+    reopened = ResultStore(tmp_path / "r.db")
+    columns = {row[1] for row in sqlite3.connect(tmp_path / "r.db").execute("PRAGMA table_info(trials)")}
+    assert {"compute", "time_tune_s"} <= columns
+    rows = {row["key"]: row for row in reopened.trials(sweep_id)}
+    assert len(rows) == len(specs) and rows[specs[0].key]["accuracy"] == 0.8
+    assert rows[specs[0].key]["compute"] is None
+    reopened.record(sweep_id, specs[0].key, {"status": "completed", "compute": "fp32-channels-last"})
+    assert reopened.trials(sweep_id, kind="baseline")[0]["compute"] == "fp32-channels-last"
