@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -76,8 +77,10 @@ def _start_ray(config: SweepConfig):
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, **options)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env={"env_vars": env},
-                 **options)
+        # A local cluster's workers inherit this environment; a runtime_env would cost
+        # about a second more before the first trial starts.
+        os.environ.update(env)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **options)
     return ray
 
 def _slots(ray, config: SweepConfig) -> int:
@@ -107,7 +110,8 @@ class _Dispatcher:
             max_retries=config.max_retries, retry_exceptions=False)
         self.in_flight: dict[Any, tuple[TrialSpec, float]] = {}
         self.checkpoints: dict[str, Any] = {}  # baseline key -> ObjectRef of its state_dict bytes
-        self.epoch_seconds: dict[str, float] = {}  # baseline key -> seconds per training epoch
+        # model -> (share of filters kept, seconds per epoch) of its finished trials
+        self.speeds: dict[str, list[tuple[float, float]]] = {}
         self.computes: dict[str, str] = {}  # baseline key -> compute format measured fastest
         self.failed: list[str] = []
         self.ran = 0  # trials that ran (for the summary)
@@ -137,26 +141,41 @@ class _Dispatcher:
             result["artifact_path"] = str(self._save(spec, artifact))
             if spec.kind == BASELINE:
                 self.checkpoints[spec.key] = self.ray.put(artifact)
-                self.note_baseline(spec.key, result, spec.epochs)
+                self.note_baseline(spec.key, result)
+            self.note_speed(spec, result)
         self.store.record(self.sweep_id, spec.key, result)
         self.store.link_baselines(self.sweep_id)
         self.ran += 1
         self._log(spec, result)
         return spec
 
-    def note_baseline(self, key: str, result: dict[str, Any], epochs: int) -> None:
-        """Keep what a baseline measured for its model's pruned trials: speed and format."""
-        seconds = (result.get("time_finetune_s") or 0.0) + (result.get("time_eval_s") or 0.0)
-        self.epoch_seconds[key] = seconds / max(epochs, 1)
+    def note_baseline(self, key: str, result: dict[str, Any]) -> None:
+        """Keep the compute format a baseline measured fastest, for its model's pruned trials."""
         if result.get("compute"):
             self.computes[key] = result["compute"]
 
+    def note_speed(self, spec: TrialSpec, result: dict[str, Any]) -> None:
+        seconds = (result.get("time_finetune_s") or 0.0) + (result.get("time_eval_s") or 0.0)
+        if seconds > 0:
+            self.speeds.setdefault(spec.model, []).append((1 - spec.rate, seconds / max(spec.epochs, 1)))
+
     def expected_seconds(self, spec: TrialSpec) -> float:
-        """A pruned trial's rough cost: its unpruned model's epoch time, scaled by the
-        epochs and by the share of filters kept. Baselines go first."""
+        """A trial's rough cost, to dispatch the longest first. Baselines go first. A pruned
+        trial's epoch time is a line in the share of filters kept, fitted to its model's
+        finished trials; with only the baseline known, proportional to the share kept
+        (time does not shrink that way for every model: mobilenet_v2's barely does)."""
         if spec.kind == BASELINE:
             return float("inf")
-        return self.epoch_seconds.get(spec.baseline_key, 0.0) * max(spec.epochs, 1) * (1 - spec.rate)
+        points = self.speeds.get(spec.model)
+        if not points:
+            return 0.0
+        kept = 1 - spec.rate
+        if len({k for k, _ in points}) < 2:
+            per_epoch = statistics.mean(s / k for k, s in points) * kept
+        else:
+            fit = statistics.linear_regression([k for k, _ in points], [s for _, s in points])
+            per_epoch = fit.intercept + fit.slope * kept
+        return per_epoch * max(spec.epochs, 1)
 
     def _save(self, spec: TrialSpec, artifact: bytes) -> Path:
         stem = f"{spec.model}-baseline" if spec.kind == BASELINE else f"{spec.model}-{spec.pruner}-{spec.rate:.2f}"
@@ -240,12 +259,15 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
         todo = extra + todo
         dispatcher.bar.total += len(extra)
     for key, row in finished.items():
-        if row["kind"] == BASELINE and row["status"] == COMPLETED:
-            dispatcher.note_baseline(key, row, config.baseline_epochs)
+        if row["status"] == COMPLETED:
+            spec = TrialSpec.from_json(row["spec_json"])
+            dispatcher.note_speed(spec, row)
+            if spec.kind == BASELINE:
+                dispatcher.note_baseline(key, row)
     ready = [s for s in todo if s.kind == BASELINE or s.baseline_key in dispatcher.checkpoints]
     ready_keys = {s.key for s in ready}
     waiting = [s for s in todo if s.key not in ready_keys]
-    last_report = 0.0
+    last_report = time.time()  # first redraw a minute in
     waited_since = time.time()
     waiting_for_workers = False
     while ready or waiting or dispatcher.in_flight:
@@ -267,6 +289,10 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
             dispatcher.submit(ready.pop())
         if not dispatcher.in_flight:
             break
+        # Redrawn while the slots are busy, not between a result and the next submission.
+        if time.time() - last_report > REPORT_INTERVAL_S:
+            refresh_report(config.database, report_dir, dispatcher.sweep_id)
+            last_report = time.time()
         spec = dispatcher.wait_one()
         if spec.kind == BASELINE:
             children = [s for s in waiting if s.baseline_key == spec.key]
@@ -278,9 +304,6 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
                     dispatcher.store.record(dispatcher.sweep_id, child.key, {
                         "status": FAILED, "error": f"baseline of {spec.model} failed; trial not run"})
                     dispatcher._log(child, {"status": FAILED, "error": "baseline failed"})
-        if time.time() - last_report > REPORT_INTERVAL_S:
-            refresh_report(config.database, report_dir, dispatcher.sweep_id)
-            last_report = time.time()
 
 def refresh_report(database: Path, report_dir: Path, sweep_id: str) -> Path | None:
     """Rewrite the report; a report problem is logged, never the end of a sweep."""
