@@ -105,13 +105,35 @@ def speedup(model: nn.Module, masks: Masks, image_size: int) -> nn.Module:
     NNI 3.0's own tracer fails on current torch; a torch.fx graph works (see README,
     "Platform notes"). Batch norm needs eval mode with a batch-1 dummy input.
     """
-    from nni.compression.speedup import ModelSpeedup, model_speedup
+    from nni.compression.speedup import ModelSpeedup, mask_conflict, model_speedup
 
     model.eval()
     dummy = torch.rand(1, 3, image_size, image_size)
-    # NNI formats mask statistics for every graph node into log messages whether or not
-    # they are logged: a fifth of a resnet18 speedup. Ours are not logged.
-    with quiet_nni(), mock.patch.object(model_speedup, "sparsity_stats", lambda mask: ""):
+    # Two NNI 3.0 helpers took half of a resnet18 speedup at one thread: mask statistics
+    # formatted for every graph node into log messages (ours are not logged), and the
+    # prune-dimension check, which sums int tensors; a boolean version gives its answer.
+    with quiet_nni(), mock.patch.object(model_speedup, "sparsity_stats", lambda mask: ""), \
+            mock.patch.object(mask_conflict, "detect_mask_prune_dim", detect_mask_prune_dim):
         graph = torch.fx.symbolic_trace(model)
         ModelSpeedup(model, dummy, masks, graph_module=graph, logger=_QUIET_LOGGER).speedup_model()
     return model.eval()  # replaced batch-norm layers come back in train mode
+
+
+def detect_mask_prune_dim(graph_module: nn.Module, masks: Masks) -> int:
+    """NNI 3.0's `detect_mask_prune_dim` without its logging: 0 if the conv masks remove
+    output filters at least as much as input channels, else 1."""
+    preserved, total = [0, 0], [0, 0]
+    for name, by_param in masks.items():
+        mask = by_param.get("weight")
+        if mask is None or not isinstance(graph_module.get_submodule(name), nn.Conv2d):
+            continue
+        if bool((mask < 0).any()):
+            raise ValueError(f"mask of {name} has negative values")
+        kept = (mask > 0).reshape(mask.shape[0], mask.shape[1], -1).any(dim=2)
+        for dim, alive in enumerate((kept.any(dim=1), kept.any(dim=0))):
+            preserved[dim] += int(alive.sum())
+            total[dim] += alive.numel()
+    if 0 in total:
+        return 0
+    sparsity = [1 - p / t for p, t in zip(preserved, total)]
+    return 0 if sparsity[0] >= sparsity[1] else 1

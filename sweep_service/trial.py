@@ -6,8 +6,7 @@ plugin for masks, removes the masked channels with NNI's ModelSpeedup, fine-tune
 evaluates and measures. Failures come back as results with the error text, never as
 exceptions, so one bad trial never stops a sweep (only a dead worker makes Ray retry).
 
-Workers are reused across trials, so the data set, the imports and the deserialized
-baseline checkpoints are cached per process.
+Workers are reused across trials, so the data set and the imports are kept per process.
 """
 from __future__ import annotations
 
@@ -70,18 +69,6 @@ def _process_setup() -> float:
         import nni.compression.pruning  # noqa: F401
         import nni.compression.speedup  # noqa: F401
     return time.perf_counter() - start
-
-
-_BASELINE_STATES: dict[str, dict[str, torch.Tensor]] = {}
-
-
-def _baseline_state(key: str, checkpoint: bytes) -> dict[str, torch.Tensor]:
-    """Deserialized baseline weights, kept for the worker's next trials of that model."""
-    if key not in _BASELINE_STATES:
-        if len(_BASELINE_STATES) >= 4:
-            _BASELINE_STATES.pop(next(iter(_BASELINE_STATES)))
-        _BASELINE_STATES[key] = torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)
-    return _BASELINE_STATES[key]
 
 
 def _threads_for(spec: TrialSpec) -> int:
@@ -217,7 +204,9 @@ def _build_start_model(spec: TrialSpec, baseline_checkpoint: bytes | None) -> to
     if baseline_checkpoint is None:
         raise ValueError(f"pruned trial {spec.label} needs its baseline checkpoint")
     model = create_model(spec.model, weights="none")
-    model.load_state_dict(_baseline_state(spec.baseline_key, baseline_checkpoint))
+    # Read afresh each trial (tens of ms): a per-worker cache of every model's weights
+    # would keep a worker's memory growing with each new model it meets.
+    model.load_state_dict(torch.load(io.BytesIO(baseline_checkpoint), map_location="cpu", weights_only=True))
     return model
 
 

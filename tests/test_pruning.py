@@ -78,3 +78,21 @@ def test_vectorized_fpgm_picks_the_same_filters_as_nni():
     assert pruner_class("FPGMPruner") is not nni_pruning.FPGMPruner
     assert found[0].keys() == found[1].keys() == set(layers)
     assert all(torch.equal(found[0][name], found[1][name]) for name in layers)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_prune_dimension_check_agrees_with_nni(name):
+    from nni.compression.speedup.mask_conflict import detect_mask_prune_dim as nni_detect
+
+    from sweep_service.pruning import detect_mask_prune_dim
+
+    model = create_model(name, weights="none").eval()
+    layers = select_layers(model, name, DEFAULT_LAYERS)
+    filters = get_plugin("l1norm").create().masks(copy.deepcopy(model), 0.5, layers, None)
+    channels = {layer: {"weight": by_param["weight"].transpose(0, 1).contiguous()}
+                for layer, by_param in filters.items()
+                if by_param["weight"].shape[0] == by_param["weight"].shape[1]}
+    for masks in (filters, channels, {}):
+        assert detect_mask_prune_dim(model, masks) == nni_detect(model, masks)
+    assert detect_mask_prune_dim(model, filters) == 0
+    assert not channels or detect_mask_prune_dim(model, channels) == 1  # mobilenet_v2 has no square convs
