@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import math
 import multiprocessing as mp
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -48,6 +50,10 @@ def run_service(workdir: Path) -> dict:
               "output_dir": str(workdir / "service")}
     path = workdir / "benchmark.yaml"
     path.write_text(yaml.safe_dump(config))
+    # A kept workdir must not turn the measurement into a resume of the last run.
+    shutil.rmtree(config["output_dir"], ignore_errors=True)
+    for stale in workdir.glob("service.db*"):
+        stale.unlink()
     started, start = time.time(), time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "sweep_service", "run", str(path)], cwd=REPO,
                             capture_output=True, text=True)
@@ -228,6 +234,9 @@ def main() -> None:
         accuracy_service_mean=statistics.mean(t["accuracy"] for t in trials),
         accuracy_reference_mean=statistics.mean(reference_acc.values()),
         accuracy_diff_mean=statistics.mean(diffs), accuracy_diff_abs_max=max(abs(d) for d in diffs),
+        # Paired differences, same trial and seed: if the two differ only by noise, their mean
+        # lies within two standard errors of 0.
+        accuracy_diff_stderr=statistics.stdev(diffs) / math.sqrt(len(diffs)),
         achieved_gflops=total_gflop / service["wall_s"],
         matmul_peak_gflops=matmul_peak_gflops(SLOTS),
         worker_rss=_rss_growth(rows), trials=trials, reference_trials=reference["trials"],
@@ -250,13 +259,17 @@ def print_table(f: dict) -> None:
     print(f"service wall: {t['before_first_trial_s']:.1f} s to the first dispatch, {t['trials_s']:.1f} s of trials "
           f"(slots idle {t['slots_idle_fraction']:.1%}), {t['after_last_trial_s']:.1f} s after the last result")
     print(f"accuracy: service mean {f['accuracy_service_mean']:.1%}, reference mean {f['accuracy_reference_mean']:.1%}, "
-          f"mean difference {f['accuracy_diff_mean']:+.1%} (largest {f['accuracy_diff_abs_max']:.1%})")
+          f"paired difference {f['accuracy_diff_mean']:+.1%} ± {2 * f['accuracy_diff_stderr']:.1%} (2 standard errors; "
+          f"largest single {f['accuracy_diff_abs_max']:.1%})")
     print(f"arithmetic: {f['achieved_gflops']:.1f} GFLOP/s achieved vs {f['matmul_peak_gflops']:.0f} GFLOP/s fp32 matmul peak")
     for pid, r in f["worker_rss"].items():
         print(f"worker {pid}: RSS after 3rd trial {r['rss_after_3rd_mb']:.0f} MB, after last ({r['trials']}) "
               f"{r['rss_after_last_mb']:.0f} MB ({r['growth']:+.1%}), peak {r['peak_mb']:.0f} MB")
     checks = [
         ("service >= 1.3x faster than the plain reference", f["speedup_vs_reference"] >= 1.3, f"{f['speedup_vs_reference']:.2f}x"),
+        ("same accuracy within noise (paired mean difference within 2 standard errors of 0)",
+         abs(f["accuracy_diff_mean"]) <= 2 * f["accuracy_diff_stderr"],
+         f"{f['accuracy_diff_mean']:+.2%} vs ±{2 * f['accuracy_diff_stderr']:.2%}"),
         ("sweep efficiency >= 0.85", f["sweep_efficiency"] >= 0.85, f"{f['sweep_efficiency']:.2f}"),
         ("per-trial overhead <= 10% of trial wall time", f["overhead_fraction_total"] <= 0.10,
          f"{f['overhead_fraction_total']:.1%} overall, median {f['overhead_fraction_median']:.1%}"),
