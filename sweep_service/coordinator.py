@@ -96,6 +96,19 @@ def _remote_trial(spec: TrialSpec, baseline_checkpoint: bytes | None, plugins_fo
 
     return run_trial(spec, baseline_checkpoint, plugins_folder, compute)
 
+def estimate_epoch_seconds(points: list[tuple[float, float]], kept: float) -> float:
+    """Epoch time of a model pruned to keep `kept` of its filters, from its finished trials'
+    (kept, seconds) points: a fitted line, or with one share known, proportional to the
+    share kept. Time does not shrink in proportion for every model (mobilenet_v2's barely
+    does), hence the fit once there are two shares. 0 with nothing known."""
+    if not points:
+        return 0.0
+    if len({k for k, _ in points}) < 2:
+        return statistics.mean(s / k for k, s in points) * kept
+    fit = statistics.linear_regression([k for k, _ in points], [s for _, s in points])
+    return max(fit.intercept + fit.slope * kept, 0.0)
+
+
 class _Dispatcher:
     """Keeps the cluster's slots busy and records every result as it arrives."""
 
@@ -160,22 +173,10 @@ class _Dispatcher:
             self.speeds.setdefault(spec.model, []).append((1 - spec.rate, seconds / max(spec.epochs, 1)))
 
     def expected_seconds(self, spec: TrialSpec) -> float:
-        """A trial's rough cost, to dispatch the longest first. Baselines go first. A pruned
-        trial's epoch time is a line in the share of filters kept, fitted to its model's
-        finished trials; with only the baseline known, proportional to the share kept
-        (time does not shrink that way for every model: mobilenet_v2's barely does)."""
+        """A trial's rough cost, to dispatch the longest first. Baselines go first."""
         if spec.kind == BASELINE:
             return float("inf")
-        points = self.speeds.get(spec.model)
-        if not points:
-            return 0.0
-        kept = 1 - spec.rate
-        if len({k for k, _ in points}) < 2:
-            per_epoch = statistics.mean(s / k for k, s in points) * kept
-        else:
-            fit = statistics.linear_regression([k for k, _ in points], [s for _, s in points])
-            per_epoch = fit.intercept + fit.slope * kept
-        return per_epoch * max(spec.epochs, 1)
+        return estimate_epoch_seconds(self.speeds.get(spec.model, []), 1 - spec.rate) * max(spec.epochs, 1)
 
     def _save(self, spec: TrialSpec, artifact: bytes) -> Path:
         stem = f"{spec.model}-baseline" if spec.kind == BASELINE else f"{spec.model}-{spec.pruner}-{spec.rate:.2f}"

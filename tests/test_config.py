@@ -80,6 +80,8 @@ def test_overrides_win_and_are_validated(tiny_config, tmp_path):
     ({"pruners": ["magic"]}, "unknown pruner(s) ['magic']"),
     ({"rates": [0.5, 1.5]}, "strictly between 0 and 1"),
     ({"finetune_epochs": -1}, "finetune_epochs"),
+    ({"compute": "int8"}, "unknown compute 'int8'; choose auto or one of fp32"),
+    ({"compute": "fp16"}, "compute fp16 runs only on GPUs but resources.gpus is 0"),
 ])
 def test_cli_rejects_bad_config_before_ray_starts(tiny_config, changes, expected):
     path, config = tiny_config(**changes)

@@ -1,6 +1,8 @@
 """Grid expansion is deterministic and keys identify what determines a result."""
 from __future__ import annotations
 
+import pytest
+
 from sweep_service.config import load_config
 from sweep_service.grid import TrialSpec, expand
 
@@ -36,3 +38,15 @@ def test_spec_round_trips_through_json(tiny_config):
     spec = list(expand(load_config(path)))[1]
     assert TrialSpec.from_json(spec.to_json()) == spec
     assert spec.label == "resnet18 l1norm 30%"
+
+
+def test_trial_duration_estimate_follows_the_measured_trials():
+    from sweep_service.coordinator import estimate_epoch_seconds
+
+    assert estimate_epoch_seconds([], 0.5) == 0.0
+    # only the baseline known: proportional to the share of filters kept
+    assert estimate_epoch_seconds([(1.0, 20.0)], 0.3) == pytest.approx(6.0)
+    # a model whose time barely shrinks with pruning (as mobilenet_v2's)
+    flat = [(1.0, 20.0), (0.7, 19.0)]
+    assert estimate_epoch_seconds(flat, 0.3) == pytest.approx(17.67, abs=0.01)
+    assert estimate_epoch_seconds([(1.0, 20.0), (0.5, 2.0)], 0.01) == 0.0  # never negative
