@@ -4,7 +4,7 @@ layout (contiguous or channels-last).
 Which is fastest depends on the model and the hardware, by a wide margin. On this
 project's 2-core AVX512-BF16 machine, one thread, batch 128 at 32 px, one training step:
 mobilenet_v2 548 ms in fp32, 228 ms in fp32 channels-last, 623 ms in bf16 channels-last;
-resnet18 466, 435 and 278 ms. So `compute: auto` times a few training steps of each
+resnet18 466, 435 and 278 ms. So `compute: auto` times a training step of each
 candidate on the model itself (in the baseline trial) and the sweep reuses the winner for
 that model's pruned trials. Accuracy is always evaluated in fp32, whatever trained it.
 """
