@@ -96,3 +96,34 @@ def test_prune_dimension_check_agrees_with_nni(name):
         assert detect_mask_prune_dim(model, masks) == nni_detect(model, masks)
     assert detect_mask_prune_dim(model, filters) == 0
     assert not channels or detect_mask_prune_dim(model, channels) == 1  # mobilenet_v2 has no square convs
+
+
+@pytest.mark.parametrize("groups, in_kept, out_kept", [
+    (8, [0, 2, 3, 5, 7], [0, 2, 3, 5, 7]),  # depthwise, as speedup sees mobilenet_v2's
+    (4, [0, 1, 8, 9, 12, 13], [0, 3, 4, 16, 19, 20, 24, 27, 28]),  # 3 of 4 groups left, 2 in / 3 out each
+    (4, [0, 1, 8], [0, 3, 16]),  # unbalanced groups: NNI's error
+])
+def test_grouped_conv_replacement_matches_nni(groups, in_kept, out_kept):
+    from nni.compression.speedup import replacement
+
+    from sweep_service.pruning import _replace_grouped_conv2d
+
+    in_channels = 8 if groups == 8 else 16
+    out_channels = 8 if groups == 8 else 32
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, groups=groups, bias=True)
+    in_mask, out_mask = torch.zeros(1, in_channels, 4, 4), torch.zeros(1, out_channels, 4, 4)
+    in_mask[:, in_kept], out_mask[:, out_kept] = 1, 1
+    masks = ([in_mask], out_mask, {"weight": torch.ones_like(conv.weight)})
+    fast = _replace_grouped_conv2d(replacement.replace_conv2d)
+    with torch.no_grad():  # as ModelSpeedup calls them
+        try:
+            expected = replacement.replace_conv2d(conv, masks)
+        except Exception as exc:
+            with pytest.raises(type(exc)):
+                fast(conv, masks)
+            return
+        found = fast(conv, masks)
+    assert (found.in_channels, found.out_channels, found.groups) == (expected.in_channels, expected.out_channels,
+                                                                     expected.groups)
+    assert torch.equal(found.weight, expected.weight) and torch.equal(found.bias, expected.bias)
