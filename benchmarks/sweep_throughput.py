@@ -42,7 +42,7 @@ GRID = dict(
     optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
     resources={"cpus": 1, "gpus": 0},
 )
-PHASES = ("startup", "build", "prune", "speedup", "data", "tune", "finetune", "eval", "measure", "wait")
+PHASES = ("startup", "build", "prune", "speedup", "data", "finetune", "eval", "measure", "wait")
 
 
 def run_service(workdir: Path) -> dict:

@@ -4,15 +4,13 @@ layout (contiguous or channels-last).
 Which is fastest depends on the model and the hardware, by a wide margin. On this
 project's 2-core AVX512-BF16 machine, one thread, batch 128 at 32 px, one training step:
 mobilenet_v2 548 ms in fp32, 228 ms in fp32 channels-last, 623 ms in bf16 channels-last;
-resnet18 466, 435 and 278 ms. So `compute: auto` times a training step of each
-candidate on the model itself (in the baseline trial) and the sweep reuses the winner for
-that model's pruned trials. Accuracy is always evaluated in fp32, whatever trained it.
+resnet18 466, 435 and 278 ms. So `compute: auto` races the candidates on the first steps
+of each model's baseline training (FormatRace) and the sweep reuses the winner for that
+model's pruned trials. Accuracy is always evaluated in fp32, whatever trained it.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
-import time
 from dataclasses import dataclass
 
 import torch
@@ -84,53 +82,49 @@ def candidates(device: torch.device) -> list[Compute]:
     return found
 
 
-def choose(model: nn.Module, device: torch.device, *, batch_size: int, image_size: int,
-           num_classes: int, steps: int = 1) -> tuple[Compute, dict[str, float]]:
-    """Time `steps` training steps (after one warm-up step) of a copy of `model` in each
-    candidate format on random inputs; return the fastest and the seconds per step of each
-    candidate timed. A candidate whose warm-up step alone is several times slower than the
-    best step so far is dropped without its timed steps.
+class FormatRace:
+    """Picks the fastest candidate format on the first steps of the real training run.
 
-    Runs on copies with the random number generators' state restored afterwards, so the
-    trial's own training is the same whichever format wins.
+    Each candidate in turn trains one warm-up step (which also sets up its kernels; measured
+    at most 1.3x a later step) and one timed step; the fastest then trains the rest. Every
+    step of the race is a step of the trial's own training, so choosing costs no extra
+    arithmetic, only the slower candidates' steps. A candidate whose warm-up step is over
+    `HOPELESS` times the best timed step so far cannot win and skips its timed step.
     """
-    timings: dict[str, float] = {}
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        inputs = torch.randn(batch_size, 3, image_size, image_size)
-        labels = torch.randint(0, num_classes, (batch_size,))
-        for compute in candidates(device):
-            step = _training_step(compute, model, device, inputs, labels)
-            warm_up = step()
-            if timings and warm_up > _HOPELESS * min(timings.values()):
-                continue
-            timings[compute.name] = min(step() for _ in range(steps))
-    best = min(timings, key=timings.get)
-    return Compute.parse(best), timings
 
+    HOPELESS = 2.0
 
-# A warm-up step (which also sets up the kernels; measured at most 1.3x a later step) this
-# many times slower than the best candidate's step means the candidate cannot win.
-_HOPELESS = 2.0
+    def __init__(self, entrants: list[Compute]):
+        if not entrants:
+            raise ValueError("a format race needs at least one candidate")
+        self.entrants = list(entrants)
+        self.timings: dict[str, float] = {}  # seconds of each candidate's timed step
+        self._queue = list(entrants)
+        self._warmed_up = False
 
+    @property
+    def racing(self) -> bool:
+        return bool(self._queue)
 
-def _training_step(compute: Compute, model: nn.Module, device: torch.device, inputs: torch.Tensor,
-                   labels: torch.Tensor):
-    """A function that runs one SGD step of a copy of `model` in `compute` and returns its seconds."""
-    trial_model = compute.prepare(copy.deepcopy(model).to(device)).train()
-    optimizer = torch.optim.SGD(trial_model.parameters(), lr=0.0, momentum=0.9)
-    scaler = compute.grad_scaler(device)
-    x, y = compute.inputs(inputs, device), labels.to(device)
+    @property
+    def current(self) -> Compute:
+        """The format the next training step runs in."""
+        return self._queue[0] if self._queue else self.winner
 
-    def step() -> float:
-        start = time.perf_counter()
-        with compute.autocast(device):
-            loss = nn.functional.cross_entropy(trial_model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+    @property
+    def winner(self) -> Compute:
+        """The fastest timed candidate (the first one if none was timed: a very short run)."""
+        if not self.timings:
+            return self.entrants[0]
+        return Compute.parse(min(self.timings, key=self.timings.get))
 
-    return step
+    def record(self, seconds: float) -> None:
+        """Report the duration of the step just run in `current`."""
+        if not self._warmed_up:
+            self._warmed_up = True
+            if not (self.timings and seconds > self.HOPELESS * min(self.timings.values())):
+                return
+        else:
+            self.timings[self._queue[0].name] = seconds
+        self._queue.pop(0)
+        self._warmed_up = False

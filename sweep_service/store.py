@@ -85,7 +85,6 @@ class TrialRow(Base):
     time_prune_s: Mapped[float | None] = mapped_column(default=None)
     time_speedup_s: Mapped[float | None] = mapped_column(default=None)
     time_data_s: Mapped[float | None] = mapped_column(default=None)
-    time_tune_s: Mapped[float | None] = mapped_column(default=None)  # choosing the compute format
     time_finetune_s: Mapped[float | None] = mapped_column(default=None)
     time_eval_s: Mapped[float | None] = mapped_column(default=None)
     time_measure_s: Mapped[float | None] = mapped_column(default=None)

@@ -28,7 +28,7 @@ import torch
 
 from model_zoo import create_model
 from sweep_service import data as datasets
-from sweep_service.compute import Compute, choose
+from sweep_service.compute import Compute, FormatRace, candidates
 from sweep_service.grid import TrialSpec
 from sweep_service.measure import count_macs, count_params, cpu_latency_ms, serialized_size
 from sweep_service.plugins import get_plugin
@@ -119,11 +119,12 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: bytes | None = None,
             model = phases.run("speedup", speedup, model, masks, spec.image_size)
 
         model.to(device)
-        chosen = phases.run("tune", _compute_for, spec, model, device, compute)
-        result["compute"] = chosen.name
+        compute_or_race = phases.run("finetune", _compute_for, spec, device, compute)
         phases.run("finetune", train, model, train_batches, epochs=spec.epochs,
                    optimizer_settings=spec.optimizer, device=device,
-                   steps_per_epoch=len(train_batches), compute=chosen)
+                   steps_per_epoch=len(train_batches), compute=compute_or_race)
+        chosen = compute_or_race.winner if isinstance(compute_or_race, FormatRace) else compute_or_race
+        result["compute"] = chosen.name
         accuracy = phases.run("eval", evaluate, model, test_batches, device, chosen)
         # Measured and shipped in the standard layout, whatever layout trained it.
         model.cpu().to(memory_format=torch.contiguous_format)
@@ -168,9 +169,7 @@ def _compute_for(spec: TrialSpec, model: torch.nn.Module, device: torch.device,
             return chosen
         except ValueError:  # a different kind of worker than the baseline's
             pass
-    chosen, _ = choose(model, device, batch_size=spec.batch_size, image_size=spec.image_size,
-                       num_classes=len(datasets.CLASSES))
-    return chosen
+    return FormatRace(candidates(device))
 
 
 def _release_memory() -> None:

@@ -1,11 +1,13 @@
-"""Compute formats: parsing, training and evaluating in each, and choosing the fastest."""
+"""Compute formats: parsing, training and evaluating in each, and racing them for the fastest."""
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from model_zoo import create_model
-from sweep_service.compute import CHOICES, FP32, Compute, bf16_supported_on_cpu, candidates, choose
+from sweep_service.compute import CHOICES, FP32, Compute, FormatRace, bf16_supported_on_cpu, candidates
 from sweep_service.training import evaluate, train
 
 CPU = torch.device("cpu")
@@ -46,22 +48,48 @@ def test_training_in_each_cpu_candidate_learns_and_evaluates_in_fp32(compute):
     assert evaluate(model, data, CPU, chosen) > 0.3  # chance: 0.1
 
 
-def test_choose_times_the_candidates_and_leaves_the_model_and_rng_alone():
+def test_a_race_trains_every_step_and_hands_the_rest_to_the_fastest_timed_candidate():
+    entrants = candidates(CPU)
+    race = FormatRace(entrants)
     torch.manual_seed(0)
     model = create_model("mobilenet_v2", weights="none")
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    torch.manual_seed(123)
-    best, timings = choose(model, CPU, batch_size=16, image_size=32, num_classes=10, steps=1)
-    after_choose = torch.rand(1)
-    torch.manual_seed(123)
-    assert torch.equal(after_choose, torch.rand(1))  # the trial's random stream is untouched
-    # fp32 is always timed; a candidate is only skipped when its warm-up step is hopeless
-    assert "fp32" in timings and set(timings) <= {c.name for c in candidates(CPU)}
-    assert timings[best.name] == min(timings.values()) and all(t > 0 for t in timings.values())
-    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    assert model.features[0][0].weight.is_contiguous()
+    data = batches(n=2 * len(entrants) + 2, size=16)
+    first_conv = model.features[0][0].weight.detach().clone()
+    loss = train(model, data, epochs=1, optimizer_settings=SGD, device=CPU, steps_per_epoch=len(data),
+                 compute=race)
+    assert math.isfinite(loss) and not race.racing
+    assert not torch.equal(model.features[0][0].weight, first_conv)  # the race's steps trained it
+    # fp32 always runs first and is timed; a later candidate is only skipped when its warm-up is hopeless
+    assert "fp32" in race.timings and set(race.timings) <= {c.name for c in entrants}
+    assert race.timings[race.winner.name] == min(race.timings.values())
+    assert model.features[0][0].weight.is_contiguous(memory_format=race.winner.memory_format)
+
+
+def test_a_race_skips_a_hopeless_candidate_and_survives_a_short_run():
+    fast, slow, unused = FP32, Compute("fp32", channels_last=True), Compute("bf16", channels_last=True)
+    race = FormatRace([fast, slow, unused])
+    for seconds in (2.0, 1.0, 2.5):  # fast: warm-up, timed; slow: hopeless warm-up
+        race.record(seconds)
+    assert race.current == unused and race.timings == {"fp32": 1.0}
+    race.record(0.5)  # the last candidate's warm-up; the run ends before its timed step
+    assert race.racing and race.winner == fast
+    assert FormatRace([slow]).winner == slow  # nothing timed at all: the first candidate
 
 
 def test_bf16_is_a_candidate_exactly_where_the_cpu_has_it():
     assert (Compute("bf16", channels_last=True) in candidates(CPU)) == bf16_supported_on_cpu()
     assert candidates(CPU)[0] == FP32
+
+
+def test_a_trial_races_only_without_a_format_it_can_use():
+    from types import SimpleNamespace
+
+    from sweep_service.trial import _compute_for
+
+    auto, explicit = SimpleNamespace(compute="auto"), SimpleNamespace(compute="fp32-channels-last")
+    assert _compute_for(explicit, CPU, known="fp32") == Compute("fp32", channels_last=True)
+    assert _compute_for(auto, CPU, known="fp32-channels-last") == Compute("fp32", channels_last=True)
+    assert isinstance(_compute_for(auto, CPU, known=None), FormatRace)  # a baseline
+    assert isinstance(_compute_for(auto, CPU, known="fp16"), FormatRace)  # measured on a GPU worker
+    with pytest.raises(ValueError, match="needs a GPU"):
+        _compute_for(SimpleNamespace(compute="fp16"), CPU, known=None)

@@ -57,11 +57,10 @@ def test_a_database_from_an_earlier_version_gains_new_columns_and_keeps_its_rows
     store.engine.dispose()
     with sqlite3.connect(tmp_path / "r.db") as con:  # as written before these columns existed
         con.execute("ALTER TABLE trials DROP COLUMN compute")
-        con.execute("ALTER TABLE trials DROP COLUMN time_tune_s")
 
     reopened = ResultStore(tmp_path / "r.db")
     columns = {row[1] for row in sqlite3.connect(tmp_path / "r.db").execute("PRAGMA table_info(trials)")}
-    assert {"compute", "time_tune_s"} <= columns
+    assert "compute" in columns
     rows = {row["key"]: row for row in reopened.trials(sweep_id)}
     assert len(rows) == len(specs) and rows[specs[0].key]["accuracy"] == 0.8
     assert rows[specs[0].key]["compute"] is None
