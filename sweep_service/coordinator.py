@@ -90,11 +90,16 @@ def _slots(ray, config: SweepConfig) -> int:
         slots = min(slots, int(resources.get("GPU", 0) // config.resources.gpus))
     return slots
 
-def _remote_trial(spec: TrialSpec, baseline_checkpoint: bytes | None, plugins_folder: str,
-                  compute: str | None):
+def _remote_trial(spec: TrialSpec, checkpoint: list, plugins_folder: str, compute: str | None):
+    """Runs on a worker. `checkpoint` holds the baseline's ObjectRef, if any: inside a list,
+    Ray hands over the reference instead of the bytes, so the trial fetches them when it
+    builds its model and drops them once loaded, rather than holding a copy to its end."""
+    import ray
+
     from sweep_service.trial import run_trial
 
-    return run_trial(spec, baseline_checkpoint, plugins_folder, compute)
+    fetch = (lambda: ray.get(checkpoint[0])) if checkpoint else None
+    return run_trial(spec, fetch, plugins_folder, compute)
 
 def estimate_epoch_seconds(points: list[tuple[float, float]], kept: float) -> float:
     """Epoch time of a model pruned to keep `kept` of its filters, from its finished trials'
@@ -136,7 +141,7 @@ class _Dispatcher:
     def submit(self, spec: TrialSpec) -> None:
         checkpoint = self.checkpoints.get(spec.baseline_key) if spec.baseline_key else None
         compute = self.computes.get(spec.baseline_key) if spec.baseline_key else None
-        ref = self.remote.remote(spec, checkpoint, str(plugins_dir()), compute)
+        ref = self.remote.remote(spec, [checkpoint] if checkpoint else [], str(plugins_dir()), compute)
         self.in_flight[ref] = (spec, time.time())
         self.store.mark_running(self.sweep_id, spec.key)
 

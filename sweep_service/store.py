@@ -93,7 +93,8 @@ class TrialRow(Base):
 
     worker_host: Mapped[str | None] = mapped_column(default=None)
     worker_pid: Mapped[int | None] = mapped_column(default=None)
-    worker_rss_mb: Mapped[float | None] = mapped_column(default=None)
+    worker_rss_mb: Mapped[float | None] = mapped_column(default=None)  # after the trial
+    worker_shared_mb: Mapped[float | None] = mapped_column(default=None)  # of it, Ray object-store pages
     threads: Mapped[int | None] = mapped_column(default=None)
     compute: Mapped[str | None] = mapped_column(default=None)  # e.g. "bf16-channels-last"
     attempts: Mapped[int] = mapped_column(default=0)

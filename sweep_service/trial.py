@@ -21,7 +21,7 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Union
 
 import psutil
 import torch
@@ -75,9 +75,13 @@ def _threads_for(spec: TrialSpec) -> int:
     return max(1, int(spec.cpus))
 
 
-def run_trial(spec: TrialSpec, baseline_checkpoint: bytes | None = None,
+Checkpoint = Union[bytes, Callable[[], bytes]]
+
+
+def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
               plugins_dir: str | None = None, compute: str | None = None) -> TrialOutput:
-    """Run one trial. `compute` is the format chosen on this model's baseline, if known."""
+    """Run one trial. `baseline_checkpoint`: the baseline's state_dict bytes, or a function
+    that fetches them. `compute` is the format chosen on this model's baseline, if known."""
     started_at = time.time()
     phases = _Phases()
     startup_start = time.perf_counter()
@@ -151,13 +155,13 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: bytes | None = None,
     model = masks = None  # drop this trial's tensors before trimming the heap
     _release_memory()
     result["worker_rss_mb"] = psutil.Process().memory_info().rss / 2**20
+    result["worker_shared_mb"] = _object_store_pages_mb()
     return TrialOutput(result=result, artifact=artifact, started_at=started_at)
 
 
-def _compute_for(spec: TrialSpec, model: torch.nn.Module, device: torch.device,
-                 known: str | None) -> Compute:
+def _compute_for(spec: TrialSpec, device: torch.device, known: str | None) -> Compute | FormatRace:
     """The config's explicit choice; else the baseline's measured one if this worker can run
-    it; else measure here."""
+    it; else a race of the candidates on the first training steps."""
     if spec.compute != "auto":
         chosen = Compute.parse(spec.compute)
         chosen.check(device)
@@ -184,6 +188,21 @@ def _release_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
+def _object_store_pages_mb() -> float | None:
+    """The part of this process's RSS that is shared memory: on a Ray worker, pages of the
+    node's object store it has read or written (checkpoints in, models out). The OS counts
+    them in every worker that touched them; Ray's memory guide subtracts them to get a
+    worker's own memory. None where /proc is not there."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("RssShmem:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def _load_libc():
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -195,7 +214,7 @@ def _load_libc():
 _LIBC = _load_libc()
 
 
-def _build_start_model(spec: TrialSpec, baseline_checkpoint: bytes | None) -> torch.nn.Module:
+def _build_start_model(spec: TrialSpec, baseline_checkpoint: Checkpoint | None) -> torch.nn.Module:
     """Baseline trials and `prune_from: pretrained` start from the configured weights;
     other pruned trials from the fine-tuned baseline."""
     if spec.kind == BASELINE or spec.prune_from == "pretrained":
@@ -205,7 +224,8 @@ def _build_start_model(spec: TrialSpec, baseline_checkpoint: bytes | None) -> to
     model = create_model(spec.model, weights="none")
     # Read afresh each trial (tens of ms): a per-worker cache of every model's weights
     # would keep a worker's memory growing with each new model it meets.
-    model.load_state_dict(torch.load(io.BytesIO(baseline_checkpoint), map_location="cpu", weights_only=True))
+    saved = baseline_checkpoint() if callable(baseline_checkpoint) else baseline_checkpoint
+    model.load_state_dict(torch.load(io.BytesIO(saved), map_location="cpu", weights_only=True))
     return model
 
 
