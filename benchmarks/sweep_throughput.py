@@ -208,12 +208,18 @@ def main() -> None:
     print(f"benchmark grid: {len(GRID['models'])} models x {len(GRID['pruners'])} pruners x "
           f"{len(GRID['rates'])} rates + baselines, {GRID['train_subset']} train / {GRID['test_subset']} "
           f"test images at 32 px, {SLOTS} slots of {GRID['resources']['cpus']} CPU", flush=True)
+    # The machine's speed, probed between the parts: the ratios compare parts run minutes
+    # apart, so they only hold if it stayed steady (on shared hosts it may not).
+    probes = {"before service": matmul_peak_gflops(SLOTS)}
     print("1/3 service ...", flush=True)
     service = run_service(workdir)
+    probes["after service"] = matmul_peak_gflops(SLOTS)
     print(f"    {service['wall_s']:.1f} s\n2/3 ideal ...", flush=True)
     ideal = measure_ideal(service["rows"])
+    probes["after ideal"] = matmul_peak_gflops(SLOTS)
     print(f"    {ideal['wall_s']:.1f} s\n3/3 plain reference ...", flush=True)
     reference = run_reference(workdir)
+    probes["after reference"] = matmul_peak_gflops(SLOTS)
     print(f"    {reference['wall_s']:.1f} s", flush=True)
 
     rows = service["rows"]
@@ -249,7 +255,7 @@ def main() -> None:
         # lies within two standard errors of 0.
         accuracy_diff_stderr=statistics.stdev(diffs) / math.sqrt(len(diffs)),
         achieved_gflops=total_gflop / service["wall_s"],
-        matmul_peak_gflops=matmul_peak_gflops(SLOTS),
+        matmul_peak_gflops=max(probes.values()), machine_speed_probes_gflops=probes,
         worker_rss=_rss_growth(rows), trials=trials, reference_trials=reference["trials"],
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -273,6 +279,11 @@ def print_table(f: dict) -> None:
           f"paired difference {f['accuracy_diff_mean']:+.1%} ± {2 * f['accuracy_diff_stderr']:.1%} (2 standard errors; "
           f"largest single {f['accuracy_diff_abs_max']:.1%})")
     print(f"arithmetic: {f['achieved_gflops']:.1f} GFLOP/s achieved vs {f['matmul_peak_gflops']:.0f} GFLOP/s fp32 matmul peak")
+    probes = f["machine_speed_probes_gflops"]
+    spread = max(probes.values()) / min(probes.values()) - 1
+    print("machine speed (fp32 matmul, GFLOP/s): " + ", ".join(f"{v:.0f} {k}" for k, v in probes.items())
+          + (f"; it varied by {spread:.0%} during the run, so the ratios below carry that much noise"
+             if spread > 0.10 else "; steady"))
     for pid, r in f["worker_rss"].items():
         print(f"worker {pid}: RSS after 3rd trial {r['rss_after_3rd_mb']:.0f} MB, after last ({r['trials']}) "
               f"{r['rss_after_last_mb']:.0f} MB ({r['growth']:+.1%}), peak {r['peak_mb']:.0f} MB; of which Ray "
