@@ -92,8 +92,10 @@ def main(grid_file: str) -> None:
             for rate in grid["rates"]:
                 torch.manual_seed(seed)
                 model = copy.deepcopy(baseline).eval()
+                # The service's default layers: convs but the first, and not the depthwise
+                # ones (speedup prunes those along with the conv that feeds them).
                 layers = [n for n, m in model.named_modules()
-                          if isinstance(m, nn.Conv2d) and n != FIRST_CONVS[name]]
+                          if isinstance(m, nn.Conv2d) and m.groups == 1 and n != FIRST_CONVS[name]]
                 pruner = PRUNERS[pruner_name](model, [{"op_names": layers, "sparse_ratio": rate}])
                 _, masks = pruner.compress()
                 pruner.unwrap_model()
