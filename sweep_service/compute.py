@@ -60,10 +60,6 @@ class Compute:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=DTYPES[self.dtype])
 
-    def grad_scaler(self, device: torch.device) -> torch.amp.GradScaler:
-        # fp16 gradients underflow without loss scaling; bf16 has fp32's range.
-        return torch.amp.GradScaler(device.type, enabled=self.dtype == "fp16")
-
 
 FP32 = Compute()
 
