@@ -105,7 +105,7 @@ class SweepConfig(_Strict):
     prune_from: Literal["baseline", "pretrained"] = "baseline"
     resources: Resources = Resources()
     # Number format and memory layout of training (see sweep_service.compute): "auto"
-    # times the candidates on each model's baseline and keeps the fastest.
+    # races the candidates on the first steps of each model's baseline and keeps the fastest.
     compute: str = "auto"
     max_retries: NonNegativeInt = 2
     latency_runs: PositiveInt = 20
