@@ -125,8 +125,10 @@ class TensorBatches:
         self.augment = augment
         self.max_batches = max_batches
         self._generator = torch.Generator().manual_seed(seed)
-        self._mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-        self._std = torch.tensor(STD).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add on the uint8 pixels
+        std = torch.tensor(STD).view(1, 3, 1, 1)
+        self._scale = 1 / (255 * std)
+        self._shift = -torch.tensor(MEAN).view(1, 3, 1, 1) / std
 
     def __len__(self) -> int:
         n = -(-len(self.data.labels) // self.batch_size)
@@ -140,10 +142,9 @@ class TensorBatches:
             yield self._transform(self.data.images[index]), self.data.labels[index]
 
     def _transform(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float().div_(255.0)
-        if self.augment:
-            x = _random_crop_flip(x, self._generator)
-        x = x.sub_(self._mean).div_(self._std)
+        if self.augment:  # on the uint8 pixels: a quarter of the bytes to move
+            images = _random_crop_flip(images, self._generator)
+        x = torch.addcmul(self._shift, images.float(), self._scale)
         if self.image_size != x.shape[-1]:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                               align_corners=False)
@@ -151,6 +152,8 @@ class TensorBatches:
 
 
 def _random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Per image: a random h x w window of the zero-padded image, mirrored with p = 0.5.
+    Two gathers (rows, then columns) cost half of one four-index lookup."""
     b, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
@@ -159,8 +162,8 @@ def _random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4)
     cols = torch.arange(w).expand(b, w)
     cols = torch.where(flip[:, None], cols.flip(1), cols) + dx[:, None]
     rows = torch.arange(h)[None, :] + dy[:, None]
-    return padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
+    x = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * pad))
+    return x.gather(3, cols[:, None, None, :].expand(b, c, h, w))
 
 
 def write_synthetic_cifar10(root: str | Path, *, n_train: int = SYNTHETIC_TRAIN,

@@ -6,6 +6,7 @@ from urllib.error import URLError
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.datasets import CIFAR10
 
 from sweep_service import data
@@ -61,3 +62,16 @@ def test_unavailable_cifar10_explains_where_to_put_it(tmp_path, monkeypatch):
     with pytest.raises(data.DatasetUnavailableError) as info:
         data.prepare("cifar10", tmp_path)
     assert "cifar-10-batches-py" in str(info.value) and "dataset: synthetic" in str(info.value)
+
+
+def test_crop_flip_takes_a_window_of_the_padded_image_mirrored_at_random():
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    out = data._random_crop_flip(images, torch.Generator().manual_seed(3))
+    draws = torch.Generator().manual_seed(3)  # the same draws, in the same order
+    dy, dx = (torch.randint(0, 9, (64,), generator=draws) for _ in range(2))
+    flip = torch.rand(64, generator=draws) < 0.5
+    padded = F.pad(images, (4, 4, 4, 4))
+    for i in range(64):
+        window = padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32]
+        assert torch.equal(out[i], window.flip(-1) if flip[i] else window), f"image {i}"
+    assert out.dtype == torch.uint8 and 0 < int(flip.sum()) < 64
