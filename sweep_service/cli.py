@@ -6,6 +6,7 @@ each handler returns the process exit code.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from pathlib import Path
 
@@ -22,6 +23,9 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     from sweep_service.coordinator import SweepAborted, run_sweep
 
+    # What the imports made lives as long as this process; frozen, the garbage collector
+    # skips it, and so does the exit (a second less here).
+    gc.freeze()
     try:
         summary = run_sweep(config)
     except SweepAborted as exc:

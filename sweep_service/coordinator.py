@@ -12,6 +12,7 @@ import logging
 import os
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +234,7 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
         return _finish(store, sweep_id, 0, skipped, started, report_dir, [])
 
     ray = _start_ray(config)
+    stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
     try:
         # A live bar only on a terminal; in logs (Docker) each result line says the progress.
         bar = tqdm(total=len(todo), desc="trials", unit="trial", dynamic_ncols=True,
@@ -240,6 +242,8 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
         dispatcher = _Dispatcher(ray, config, store, sweep_id, bar)
         _run_queue(ray, config, dispatcher, todo, finished, report_dir)
         bar.close()
+        # Nothing more runs on the cluster: it stops (over a second) while the report is drawn.
+        stopping.start()
         return _finish(store, sweep_id, dispatcher.ran, skipped, started, report_dir, dispatcher.failed)
     except KeyboardInterrupt:
         store.reset_unfinished(sweep_id)
@@ -247,7 +251,10 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
         refresh_report(config.database, report_dir, sweep_id)
         raise
     finally:
-        ray.shutdown()
+        if stopping.ident is not None:  # started
+            stopping.join()
+        else:
+            ray.shutdown()
 
 def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[TrialSpec],
                finished: dict[str, dict], report_dir: Path) -> None:
