@@ -6,6 +6,10 @@ generated CIFAR-10-format files (torchvision's reader without the md5 check), us
 as the service, so that accuracies can be compared. Prints one JSON line per trial.
 
     python benchmarks/plain_reference.py GRID.json
+
+With `start_from` in the grid ({model: state_dict file}), each model's pruned trials
+start from those baseline weights instead of the script's own baseline (which is still
+trained, timed and reported).
 """
 from __future__ import annotations
 
@@ -88,6 +92,11 @@ def main(grid_file: str) -> None:
         train(baseline, train_loader, grid["baseline_epochs"], opt["lr"], opt["momentum"], opt["weight_decay"])
         print(json.dumps({"model": name, "pruner": "none", "rate": 0.0,
                           "accuracy": evaluate(baseline, test_loader)}), flush=True)
+        if name in grid.get("start_from", {}):
+            # Every pruned trial of a model starts from its baseline, so two independently
+            # trained baselines would offset all of the model's pairs together; from the same
+            # weights, a pair differs only by the two pipelines' random draws.
+            baseline.load_state_dict(torch.load(grid["start_from"][name], weights_only=True))
         for pruner_name in grid["pruners"]:
             for rate in grid["rates"]:
                 torch.manual_seed(seed)

@@ -143,10 +143,13 @@ def measure_ideal(rows: list[dict]) -> dict:
 
 # --- the plain reference -----------------------------------------------------------------
 
-def run_reference(workdir: Path) -> dict:
+def run_reference(workdir: Path, service_rows: list[dict]) -> dict:
+    """The reference trains and times its own baselines; its pruned trials start from the
+    service's baseline weights, so that each accuracy pair shares its starting point."""
     grid_file = workdir / "grid.json"
     data_root = workdir / "data" / "synthetic-cifar10"
-    grid_file.write_text(json.dumps({**GRID, "data_root": str(data_root)}))
+    start_from = {r["model"]: r["artifact_path"] for r in service_rows if r["kind"] == "baseline"}
+    grid_file.write_text(json.dumps({**GRID, "data_root": str(data_root), "start_from": start_from}))
     start = time.perf_counter()
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "plain_reference.py"), str(grid_file)],
                             cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -218,7 +221,7 @@ def main() -> None:
     ideal = measure_ideal(service["rows"])
     probes["after ideal"] = matmul_peak_gflops(SLOTS)
     print(f"    {ideal['wall_s']:.1f} s\n3/3 plain reference ...", flush=True)
-    reference = run_reference(workdir)
+    reference = run_reference(workdir, service["rows"])
     probes["after reference"] = matmul_peak_gflops(SLOTS)
     print(f"    {reference['wall_s']:.1f} s", flush=True)
 
