@@ -30,9 +30,11 @@ from sweep_service.quiet import silence_libraries
 from sweep_service.store import BASELINE, COMPLETED, FAILED, ResultStore
 from sweep_service.versions import library_versions
 
-# The report is redrawn on the coordinator, which shares the cores with the trials: not
-# more often than this.
+# The report is redrawn on the coordinator, which shares the cores with the trials: at
+# most once a minute, and spending at most this share of a core (a redraw takes over a
+# second here, and longer as the sweep grows).
 REPORT_INTERVAL_S = 60.0
+REPORT_CPU_SHARE = 0.01
 WORKER_WAIT_S = 600.0
 
 class SweepAborted(RuntimeError):
@@ -281,6 +283,7 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
     ready_keys = {s.key for s in ready}
     waiting = [s for s in todo if s.key not in ready_keys]
     last_report = time.time()  # first redraw a minute in
+    report_interval = REPORT_INTERVAL_S
     waited_since = time.time()
     waiting_for_workers = False
     while ready or waiting or dispatcher.in_flight:
@@ -303,9 +306,11 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
         if not dispatcher.in_flight:
             break
         # Redrawn while the slots are busy, not between a result and the next submission.
-        if time.time() - last_report > REPORT_INTERVAL_S:
+        if time.time() - last_report > report_interval:
+            began = time.time()
             refresh_report(config.database, report_dir, dispatcher.sweep_id)
             last_report = time.time()
+            report_interval = max(REPORT_INTERVAL_S, (last_report - began) / REPORT_CPU_SHARE)
         spec = dispatcher.wait_one()
         if spec.kind == BASELINE:
             children = [s for s in waiting if s.baseline_key == spec.key]
