@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
-from sweep_service.data import GeneratedCIFAR10  # torchvision's CIFAR10 minus the md5 check
+from sweep_service.data import cifar10_reader  # torchvision's CIFAR10 minus the md5 check
 
 import nni.compression.pruning as nni_pruning
 from nni.compression.speedup import ModelSpeedup
@@ -75,10 +75,11 @@ def main(grid_file: str) -> None:
     grid = json.load(open(grid_file))
     root = grid["data_root"]
     normalize = transforms.Normalize(MEAN, STD)
-    train_set = GeneratedCIFAR10(root, train=True, transform=transforms.Compose([
+    reader = cifar10_reader("synthetic")
+    train_set = reader(root, train=True, transform=transforms.Compose([
         transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
         transforms.ToTensor(), normalize]))
-    test_set = GeneratedCIFAR10(root, train=False, transform=transforms.Compose([
+    test_set = reader(root, train=False, transform=transforms.Compose([
         transforms.ToTensor(), normalize]))
     seed = grid["seed"]
     train_idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:grid["train_subset"]]

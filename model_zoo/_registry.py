@@ -36,8 +36,9 @@ class ModelInfo:
     # Builds the torchvision architecture with its ImageNet head (1000 classes) so that
     # the pretrained state dict loads as is; the head is replaced afterwards.
     build: Callable[[], nn.Module] | None = None
-    # torchvision weights enum member (e.g. ResNet50_Weights.IMAGENET1K_V2) or None.
-    imagenet_weights: object | None = None
+    # Returns the torchvision weights enum member (e.g. ResNet50_Weights.IMAGENET1K_V2);
+    # a function, so that registering a model imports nothing. None: no ImageNet weights.
+    imagenet_weights: Callable[[], object] | None = None
     # Prefixes of state-dict keys to drop when loading ImageNet weights (e.g. aux heads).
     ignore_keys: tuple[str, ...] = ()
 
@@ -67,8 +68,7 @@ def model_info(name: str) -> ModelInfo:
 
 def weights_file(name: str, weights_dir: str | Path) -> Path:
     """Where torchvision's cache keeps the ImageNet weights of `name` under `weights_dir`."""
-    info = model_info(name)
-    url = info.imagenet_weights.url
+    url = model_info(name).imagenet_weights().url
     return Path(weights_dir) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
@@ -81,15 +81,16 @@ def fetch_imagenet_weights(name: str, weights_dir: str | Path) -> dict[str, torc
     info = model_info(name)
     if info.imagenet_weights is None:
         raise WeightsUnavailableError(f"model {name!r} has no ImageNet weights; use weights: none")
+    weights = info.imagenet_weights()
     target = weights_file(name, weights_dir)
     previous = torch.hub.get_dir()
     torch.hub.set_dir(str(Path(weights_dir).resolve()))
     try:
-        return info.imagenet_weights.get_state_dict(progress=False, check_hash=False)
+        return weights.get_state_dict(progress=False, check_hash=False)
     except Exception as exc:  # network errors come in many types (URLError, OSError, ...)
         raise WeightsUnavailableError(
             f"ImageNet weights for {name!r} are not in the cache and could not be downloaded "
-            f"({type(exc).__name__}: {exc}). Download {info.imagenet_weights.url} and place it at "
+            f"({type(exc).__name__}: {exc}). Download {weights.url} and place it at "
             f"{target}, or set `weights: none` in the config to train from scratch."
         ) from exc
     finally:

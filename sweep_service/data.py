@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from filelock import FileLock
-from torchvision.datasets import CIFAR10
 
 from sweep_service.dataset_info import SYNTHETIC_TEST, SYNTHETIC_TRAIN, describe
 
@@ -48,14 +47,25 @@ class DataSplits:
     test: ImageSet
 
 
-class GeneratedCIFAR10(CIFAR10):
-    """torchvision's CIFAR-10 reader for files the project generated: the on-disk
-    format is the same, but the md5 sums of the official archive do not apply (with no
-    md5, torchvision checks that the file exists)."""
+@functools.cache
+def cifar10_reader(dataset: str) -> type:
+    """torchvision's CIFAR10 class, or for `synthetic` one that reads the files the project
+    generated: the on-disk format is the same, but the md5 sums of the official archive do
+    not apply (with no md5, torchvision checks that the file exists).
 
-    train_list = [[name, None] for name, _ in CIFAR10.train_list]
-    test_list = [[name, None] for name, _ in CIFAR10.test_list]
-    meta = {**CIFAR10.meta, "md5": None}
+    torchvision is imported here, not with this module: its import takes over a second, and
+    the coordinator, which only prepares the data, does not need it for synthetic data."""
+    from torchvision.datasets import CIFAR10
+
+    if dataset != "synthetic":
+        return CIFAR10
+
+    class GeneratedCIFAR10(CIFAR10):
+        train_list = [[name, None] for name, _ in CIFAR10.train_list]
+        test_list = [[name, None] for name, _ in CIFAR10.test_list]
+        meta = {**CIFAR10.meta, "md5": None}
+
+    return GeneratedCIFAR10
 
 
 def dataset_root(dataset: str, data_root: str | Path) -> Path:
@@ -74,8 +84,9 @@ def prepare(dataset: str, data_root: str | Path) -> Path:
                 write_synthetic_cifar10(root)
         else:
             try:
-                CIFAR10(str(root), train=True, download=True)
-                CIFAR10(str(root), train=False, download=True)
+                reader = cifar10_reader(dataset)
+                reader(str(root), train=True, download=True)
+                reader(str(root), train=False, download=True)
             except Exception as exc:
                 raise DatasetUnavailableError(
                     f"CIFAR-10 is not in {root / CIFAR_DIR} and could not be downloaded "
@@ -90,7 +101,7 @@ def prepare(dataset: str, data_root: str | Path) -> Path:
 def load(dataset: str, data_root: str) -> DataSplits:
     """Read the data set into memory (once per process)."""
     root = prepare(dataset, data_root)
-    reader = GeneratedCIFAR10 if dataset == "synthetic" else CIFAR10
+    reader = cifar10_reader(dataset)
     splits = []
     for train in (True, False):
         ds = reader(str(root), train=train, download=False)
