@@ -81,9 +81,11 @@ def _start_ray(config: SweepConfig):
         ray.init(address=address, runtime_env={"env_vars": env}, **options)
     else:
         # A local cluster's workers inherit this environment; a runtime_env would cost
-        # about a second more before the first trial starts.
+        # about a second more before the first trial starts. Its worker processes import
+        # what trials need as they start (docker/entrypoint.sh does the same for Docker).
         os.environ.update(env)
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **options)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+                 _system_config={"preload_python_modules": ["sweep_service.worker_preload"]}, **options)
     return ray
 
 def _slots(ray, config: SweepConfig) -> int:

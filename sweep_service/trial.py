@@ -62,14 +62,19 @@ class _Phases:
 
 
 @functools.lru_cache(maxsize=1)
-def _process_setup() -> float:
-    """Once per worker process: quiet libraries, import NNI, and take what the imports made
-    out of the garbage collector's view. Returns the seconds it took.
+def prepare_process() -> float:
+    """Once per worker process: quiet libraries, import torchvision and NNI (which model
+    building, the data reader and speedup import on first use), and take what the imports
+    made out of the garbage collector's view. Returns the seconds it took. Ray runs it as a
+    worker process starts (sweep_service.worker_preload); else the first trial does.
 
     torch, torchvision and NNI leave over a million objects that live as long as the
     process; each full collection walked them all (0.2 s after every trial here) and so did
     the process's exit. Frozen, they are skipped."""
     start = time.perf_counter()
+    import torchvision.datasets  # noqa: F401
+    import torchvision.models  # noqa: F401
+
     with quiet_nni():
         import nni.compression.pruning  # noqa: F401
         import nni.compression.speedup  # noqa: F401
@@ -97,7 +102,7 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
         threads = _threads_for(spec)
         torch.set_num_threads(threads)
         result["threads"] = threads
-        _process_setup()
+        prepare_process()
         phases.times["time_startup_s"] = time.perf_counter() - startup_start
         device = torch.device("cuda" if spec.gpus > 0 and torch.cuda.is_available() else "cpu")
         torch.manual_seed(spec.seed)

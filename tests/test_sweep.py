@@ -3,6 +3,7 @@ that dies mid-trial. Real NNI pruning and speedup, real SQLite, the real CIFAR-1
 reader on generated files."""
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections import defaultdict
 from pathlib import Path
@@ -122,3 +123,29 @@ def test_trial_whose_worker_dies_is_retried(tiny_config, tmp_path):
     assert marker.read_text() == "died"
     rows = _rows(Path(config["database"]))
     assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
+
+
+def test_local_ray_workers_import_what_trials_need_as_they_start(tiny_config, monkeypatch):
+    """The coordinator's local cluster preloads sweep_service.worker_preload in its worker
+    processes, so that a worker's first trial does not pay for torchvision's and NNI's
+    imports."""
+    from sweep_service.config import load_config
+    from sweep_service.coordinator import _start_ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for name in ("SWEEP_PLUGINS_DIR", "PYTHONWARNINGS"):  # _start_ray sets them for the workers
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    path, _ = tiny_config()
+    ray = _start_ray(load_config(path))
+    try:
+        @ray.remote(num_cpus=1)
+        def imported_before_work() -> list[str]:
+            import sys
+
+            return [m for m in ("torchvision.models", "nni.compression.speedup", "sweep_service.trial")
+                    if m in sys.modules]
+
+        assert ray.get(imported_before_work.remote()) == ["torchvision.models", "nni.compression.speedup",
+                                                          "sweep_service.trial"]
+    finally:
+        ray.shutdown()
