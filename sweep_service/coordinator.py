@@ -31,10 +31,12 @@ from sweep_service.store import BASELINE, COMPLETED, FAILED, ResultStore
 from sweep_service.versions import library_versions
 
 # The report is redrawn on the coordinator, which shares the cores with the trials: at
-# most once a minute, and spending at most this share of a core (a redraw takes over a
-# second here, and longer as the sweep grows).
+# most once a minute, and spending at most this share of a core. The first redraw's cost
+# is a guess (with matplotlib's import, about 2 s here); later ones use the last one's.
+# When a slot has no trial to run, its core is free and the report is redrawn at once.
 REPORT_INTERVAL_S = 60.0
 REPORT_CPU_SHARE = 0.01
+FIRST_REPORT_COST_S = 2.0
 WORKER_WAIT_S = 600.0
 
 class SweepAborted(RuntimeError):
@@ -284,8 +286,8 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
     ready = [s for s in todo if s.kind == BASELINE or s.baseline_key in dispatcher.checkpoints]
     ready_keys = {s.key for s in ready}
     waiting = [s for s in todo if s.key not in ready_keys]
-    last_report = time.time()  # first redraw a minute in
-    report_interval = REPORT_INTERVAL_S
+    last_report = time.time()
+    report_interval = max(REPORT_INTERVAL_S, FIRST_REPORT_COST_S / REPORT_CPU_SHARE)
     waited_since = time.time()
     waiting_for_workers = False
     while ready or waiting or dispatcher.in_flight:
@@ -307,8 +309,9 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
             dispatcher.submit(ready.pop())
         if not dispatcher.in_flight:
             break
-        # Redrawn while the slots are busy, not between a result and the next submission.
-        if time.time() - last_report > report_interval:
+        # Redrawn while trials run, not between a result and the next submission.
+        slot_free = len(dispatcher.in_flight) < slots
+        if slot_free or time.time() - last_report > report_interval:
             began = time.time()
             refresh_report(config.database, report_dir, dispatcher.sweep_id)
             last_report = time.time()
