@@ -33,7 +33,8 @@ from sweep_service.versions import library_versions
 # The report is redrawn on the coordinator, which shares the cores with the trials: at
 # most once a minute, and spending at most this share of a core. The first redraw's cost
 # is a guess (with matplotlib's import, about 2 s here); later ones use the last one's.
-# When a slot has no trial to run, its core is free and the report is redrawn at once.
+# Once no trial is left to start and a slot is free, its core is, and the report is
+# redrawn at once.
 REPORT_INTERVAL_S = 60.0
 REPORT_CPU_SHARE = 0.01
 FIRST_REPORT_COST_S = 2.0
@@ -310,8 +311,8 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
         if not dispatcher.in_flight:
             break
         # Redrawn while trials run, not between a result and the next submission.
-        slot_free = len(dispatcher.in_flight) < slots
-        if slot_free or time.time() - last_report > report_interval:
+        nothing_to_start = not waiting and len(dispatcher.in_flight) < slots
+        if nothing_to_start or time.time() - last_report > report_interval:
             began = time.time()
             refresh_report(config.database, report_dir, dispatcher.sweep_id)
             last_report = time.time()
