@@ -83,8 +83,8 @@ def prepare(dataset: str, data_root: str | Path) -> Path:
             if not marker.is_file() or json.loads(marker.read_text()).get("version") != SYNTHETIC_VERSION:
                 write_synthetic_cifar10(root)
         else:
+            reader = cifar10_reader(dataset)  # outside the try: not a download failure
             try:
-                reader = cifar10_reader(dataset)
                 reader(str(root), train=True, download=True)
                 reader(str(root), train=False, download=True)
             except Exception as exc:
