@@ -4,6 +4,9 @@
 2. The ideal: each trial's fine-tune and evaluation arithmetic alone (its final model,
    random tensors already in memory, same batch sizes, step counts and threads per
    trial), packed onto the same number of parallel slots. Efficiency = ideal / wall.
+   The host's speed drifts by tens of percent over minutes, so the service and the ideal
+   are each run twice in the order service, ideal, ideal, service: a steady drift then
+   weighs on both sums alike. Both pairs are reported as well as their sums.
 3. The plain reference: the same grid as a sequential script a user of NNI would write
    (benchmarks/plain_reference.py: DataLoader + PIL transforms, one trial at a time).
 4. FLOPs per image of each model and the achieved GFLOP/s next to a measured fp32
@@ -45,14 +48,14 @@ GRID = dict(
 PHASES = ("startup", "build", "prune", "speedup", "data", "finetune", "eval", "measure", "wait")
 
 
-def run_service(workdir: Path) -> dict:
-    config = {**GRID, "data_root": str(workdir / "data"), "database": str(workdir / "service.db"),
-              "output_dir": str(workdir / "service")}
-    path = workdir / "benchmark.yaml"
+def run_service(workdir: Path, name: str) -> dict:
+    config = {**GRID, "data_root": str(workdir / "data"), "database": str(workdir / f"{name}.db"),
+              "output_dir": str(workdir / name)}
+    path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     # A kept workdir must not turn the measurement into a resume of the last run.
     shutil.rmtree(config["output_dir"], ignore_errors=True)
-    for stale in workdir.glob("service.db*"):
+    for stale in workdir.glob(f"{name}.db*"):
         stale.unlink()
     started, start = time.time(), time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "sweep_service", "run", str(path)], cwd=REPO,
@@ -213,30 +216,42 @@ def main() -> None:
           f"test images at 32 px, {SLOTS} slots of {GRID['resources']['cpus']} CPU", flush=True)
     # The machine's speed, probed between the parts: the ratios compare parts run minutes
     # apart, so they only hold if it stayed steady (on shared hosts it may not).
-    probes = {"before service": matmul_peak_gflops(SLOTS)}
-    print("1/3 service ...", flush=True)
-    service = run_service(workdir)
-    probes["after service"] = matmul_peak_gflops(SLOTS)
-    print(f"    {service['wall_s']:.1f} s\n2/3 ideal ...", flush=True)
-    ideal = measure_ideal(service["rows"])
-    probes["after ideal"] = matmul_peak_gflops(SLOTS)
-    print(f"    {ideal['wall_s']:.1f} s\n3/3 plain reference ...", flush=True)
-    reference = run_reference(workdir, service["rows"])
+    probes = {"before service 1": matmul_peak_gflops(SLOTS)}
+    print("1/5 service, first run ...", flush=True)
+    first = run_service(workdir, "service-1")
+    probes["after service 1"] = matmul_peak_gflops(SLOTS)
+    print(f"    {first['wall_s']:.1f} s\n2/5 ideal, first measurement ...", flush=True)
+    ideals = [measure_ideal(first["rows"])]
+    probes["after ideal 1"] = matmul_peak_gflops(SLOTS)
+    print(f"    {ideals[0]['wall_s']:.1f} s\n3/5 ideal, second measurement ...", flush=True)
+    ideals.append(measure_ideal(first["rows"]))
+    probes["after ideal 2"] = matmul_peak_gflops(SLOTS)
+    print(f"    {ideals[1]['wall_s']:.1f} s\n4/5 service, second run ...", flush=True)
+    second = run_service(workdir, "service-2")
+    probes["after service 2"] = matmul_peak_gflops(SLOTS)
+    print(f"    {second['wall_s']:.1f} s\n5/5 plain reference ...", flush=True)
+    reference = run_reference(workdir, first["rows"])
     probes["after reference"] = matmul_peak_gflops(SLOTS)
     print(f"    {reference['wall_s']:.1f} s", flush=True)
 
-    rows = service["rows"]
+    runs = (first, second)
+    service_wall = statistics.mean(r["wall_s"] for r in runs)
+    ideal_wall = statistics.mean(i["wall_s"] for i in ideals)
+    second_rows = {row["key"]: row for row in second["rows"]}
     trials = []
-    for row in rows:
-        phases = {p: row[f"time_{p}_s"] or 0.0 for p in PHASES}
-        total = row["time_total_s"]
+    for row in first["rows"]:
+        both = (row, second_rows[row["key"]])
+        phases = {p: statistics.mean(r[f"time_{p}_s"] or 0.0 for r in both) for p in PHASES}
+        total = statistics.mean(r["time_total_s"] for r in both)
         arithmetic = phases["finetune"] + phases["eval"]
         epochs = GRID["baseline_epochs"] if row["kind"] == "baseline" else GRID["finetune_epochs"]
         forward_flops = 2 * row["macs_after"]
         flops = forward_flops * (3 * GRID["train_subset"] * epochs + GRID["test_subset"])
         trials.append(dict(model=row["model"], pruner=row["pruner"], rate=row["rate"], accuracy=row["accuracy"],
-                           total_s=total, phases_s=phases, overhead=1 - arithmetic / total,
-                           ideal_s=ideal["per_trial_s"][row["key"]], forward_mflops_per_image=forward_flops / 1e6,
+                           accuracy_second_run=both[1]["accuracy"], total_s=total, phases_s=phases,
+                           overhead=1 - arithmetic / total,
+                           ideal_s=statistics.mean(i["per_trial_s"][row["key"]] for i in ideals),
+                           forward_mflops_per_image=forward_flops / 1e6,
                            train_mflops_per_image=3 * forward_flops / 1e6, gflop=flops / 1e9))
     reference_acc = {(t["model"], t["pruner"], round(t["rate"], 3)): t["accuracy"] for t in reference["trials"]}
     diffs = [t["accuracy"] - reference_acc[(t["model"], t["pruner"], round(t["rate"], 3))]
@@ -245,9 +260,14 @@ def main() -> None:
     overhead_total = 1 - sum(t["phases_s"]["finetune"] + t["phases_s"]["eval"] for t in trials) / sum(t["total_s"] for t in trials)
     figures = dict(
         grid=GRID, slots=SLOTS,
-        service_wall_s=service["wall_s"], service_timeline=service["timeline"], ideal_wall_s=ideal["wall_s"], reference_wall_s=reference["wall_s"],
-        speedup_vs_reference=reference["wall_s"] / service["wall_s"],
-        sweep_efficiency=ideal["wall_s"] / service["wall_s"],
+        service_wall_s=service_wall, service_runs_wall_s=[r["wall_s"] for r in runs],
+        service_timelines=[r["timeline"] for r in runs],
+        ideal_wall_s=ideal_wall, ideal_measurements_wall_s=[i["wall_s"] for i in ideals],
+        reference_wall_s=reference["wall_s"],
+        speedup_vs_reference=reference["wall_s"] / service_wall,
+        # Sums over the service, ideal, ideal, service order (see the module docstring).
+        sweep_efficiency=ideal_wall / service_wall,
+        sweep_efficiency_pairs=[i["wall_s"] / r["wall_s"] for i, r in zip(ideals, runs)],
         overhead_fraction_total=overhead_total,
         overhead_fraction_median=statistics.median(t["overhead"] for t in trials),
         overhead_fraction_max=max(t["overhead"] for t in trials),
@@ -257,9 +277,12 @@ def main() -> None:
         # Paired differences, same trial and seed: if the two differ only by noise, their mean
         # lies within two standard errors of 0.
         accuracy_diff_stderr=statistics.stdev(diffs) / math.sqrt(len(diffs)),
-        achieved_gflops=total_gflop / service["wall_s"],
+        accuracy_between_service_runs_abs_max=max(abs(t["accuracy"] - t["accuracy_second_run"]) for t in trials),
+        achieved_gflops=total_gflop / service_wall,
         matmul_peak_gflops=max(probes.values()), machine_speed_probes_gflops=probes,
-        worker_rss=_rss_growth(rows), trials=trials, reference_trials=reference["trials"],
+        worker_rss={f"run {n} worker {pid}": growth for n, r in enumerate(runs, start=1)
+                    for pid, growth in _rss_growth(r["rows"]).items()},
+        trials=trials, reference_trials=reference["trials"],
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2))
@@ -273,22 +296,29 @@ def print_table(f: dict) -> None:
         label = f"{t['model']} {t['pruner']} {t['rate']:.0%}" if t["pruner"] != "none" else f"{t['model']} baseline"
         print(f"{label:<28}{t['accuracy']:>6.1%}" + "".join(f"{t['phases_s'][p]:>9.2f}" for p in PHASES)
               + f"{t['total_s']:>8.1f}{t['ideal_s']:>8.1f}{t['overhead']:>6.1%}{t['forward_mflops_per_image']:>11.1f}")
-    print(f"\nwall time: service {f['service_wall_s']:.1f} s, plain reference {f['reference_wall_s']:.1f} s, "
-          f"ideal {f['ideal_wall_s']:.1f} s on {f['slots']} slots")
-    t = f["service_timeline"]
-    print(f"service wall: {t['before_first_trial_s']:.1f} s to the first dispatch, {t['trials_s']:.1f} s of trials "
-          f"(slots idle {t['slots_idle_fraction']:.1%}), {t['after_last_trial_s']:.1f} s after the last result")
+    print("\n(phases: mean of the two service runs; ideal: mean of the two measurements)")
+    runs, ideals = f["service_runs_wall_s"], f["ideal_measurements_wall_s"]
+    print(f"wall time: service {f['service_wall_s']:.1f} s (runs {runs[0]:.1f} and {runs[1]:.1f}), plain reference "
+          f"{f['reference_wall_s']:.1f} s, ideal {f['ideal_wall_s']:.1f} s on {f['slots']} slots "
+          f"({ideals[0]:.1f} and {ideals[1]:.1f})")
+    pairs = f["sweep_efficiency_pairs"]
+    print(f"sweep efficiency: {f['sweep_efficiency']:.3f} over both pairs; service 1 with ideal 1 {pairs[0]:.3f}, "
+          f"service 2 with ideal 2 {pairs[1]:.3f}")
+    for n, t in enumerate(f["service_timelines"], start=1):
+        print(f"service run {n}: {t['before_first_trial_s']:.1f} s to the first dispatch, {t['trials_s']:.1f} s of "
+              f"trials (slots idle {t['slots_idle_fraction']:.1%}), {t['after_last_trial_s']:.1f} s after the last result")
     print(f"accuracy: service mean {f['accuracy_service_mean']:.1%}, reference mean {f['accuracy_reference_mean']:.1%}, "
           f"paired difference {f['accuracy_diff_mean']:+.1%} ± {2 * f['accuracy_diff_stderr']:.1%} (2 standard errors; "
-          f"largest single {f['accuracy_diff_abs_max']:.1%})")
+          f"largest single {f['accuracy_diff_abs_max']:.1%}); the two service runs differ by at most "
+          f"{f['accuracy_between_service_runs_abs_max']:.2%}")
     print(f"arithmetic: {f['achieved_gflops']:.1f} GFLOP/s achieved vs {f['matmul_peak_gflops']:.0f} GFLOP/s fp32 matmul peak")
     probes = f["machine_speed_probes_gflops"]
     spread = max(probes.values()) / min(probes.values()) - 1
     print("machine speed (fp32 matmul, GFLOP/s): " + ", ".join(f"{v:.0f} {k}" for k, v in probes.items())
           + (f"; it varied by {spread:.0%} during the run, so the ratios below carry that much noise"
              if spread > 0.10 else "; steady"))
-    for pid, r in f["worker_rss"].items():
-        print(f"worker {pid}: RSS after 3rd trial {r['rss_after_3rd_mb']:.0f} MB, after last ({r['trials']}) "
+    for worker, r in f["worker_rss"].items():
+        print(f"{worker}: RSS after 3rd trial {r['rss_after_3rd_mb']:.0f} MB, after last ({r['trials']}) "
               f"{r['rss_after_last_mb']:.0f} MB ({r['growth']:+.1%}), peak {r['peak_mb']:.0f} MB; of which Ray "
               f"object-store pages {r['object_store_after_3rd_mb']:.0f} -> {r['object_store_after_last_mb']:.0f} MB, "
               f"the worker's own {r['own_growth']:+.1%}")
