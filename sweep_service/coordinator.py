@@ -24,10 +24,11 @@ from model_zoo import WeightsUnavailableError
 from model_zoo._registry import fetch_imagenet_weights
 from sweep_service import data as datasets
 from sweep_service.config import SweepConfig
-from sweep_service.grid import TrialSpec, expand
+from sweep_service.grid import BASELINE, COMPLETED, FAILED, TrialSpec, expand
 from sweep_service.plugins import plugins_dir
 from sweep_service.quiet import silence_libraries
-from sweep_service.store import BASELINE, COMPLETED, FAILED, ResultStore
+from sweep_service.store import ResultStore
+from sweep_service.trial import run_on_worker
 from sweep_service.versions import library_versions
 
 # The report is redrawn on the coordinator, which shares the cores with the trials: at
@@ -98,17 +99,6 @@ def _slots(ray, config: SweepConfig) -> int:
         slots = min(slots, int(resources.get("GPU", 0) // config.resources.gpus))
     return slots
 
-def _remote_trial(spec: TrialSpec, checkpoint: list, plugins_folder: str, compute: str | None):
-    """Runs on a worker. `checkpoint` holds the baseline's ObjectRef, if any: inside a list,
-    Ray hands over the reference instead of the bytes, so the trial fetches them when it
-    builds its model and drops them once loaded, rather than holding a copy to its end."""
-    import ray
-
-    from sweep_service.trial import run_trial
-
-    fetch = (lambda: ray.get(checkpoint[0])) if checkpoint else None
-    return run_trial(spec, fetch, plugins_folder, compute)
-
 def estimate_epoch_seconds(points: list[tuple[float, float]], kept: float) -> float:
     """Epoch time of a model pruned to keep `kept` of its filters, from its finished trials'
     (kept, seconds) points: a fitted line, or with one share known, proportional to the
@@ -131,7 +121,7 @@ class _Dispatcher:
         self.store = store
         self.sweep_id = sweep_id
         self.bar = bar
-        self.remote = ray.remote(_remote_trial).options(
+        self.remote = ray.remote(run_on_worker).options(
             num_cpus=config.resources.cpus, num_gpus=config.resources.gpus,
             max_retries=config.max_retries, retry_exceptions=False)
         self.in_flight: dict[Any, tuple[TrialSpec, float]] = {}

@@ -9,10 +9,16 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from sweep_service.config import SweepConfig
-from sweep_service.store import BASELINE, PRUNED
+if TYPE_CHECKING:  # workers import this module; they need neither pydantic nor the config
+    from sweep_service.config import SweepConfig
+
+# A trial's kind and the states it goes through, as the store records them. Defined here,
+# beside TrialSpec, so that workers can name them without importing the store (SQLAlchemy).
+BASELINE, PRUNED = "baseline", "pruned"
+PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
+STATUSES = (PENDING, RUNNING, COMPLETED, FAILED)
 
 # Fields that say where things are or how the hardware runs them: not part of the key.
 _NOT_IN_KEY = frozenset({"data_root", "weights_dir", "cpus", "gpus", "compute", "latency_runs"})

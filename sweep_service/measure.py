@@ -7,7 +7,6 @@ import time
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 
 def count_params(model: nn.Module) -> int:
@@ -20,6 +19,8 @@ def count_macs(model: nn.Module, image_size: int) -> int:
     Counted on the forward pass only: torch's counter overcounts the backward of
     grouped convolutions.
     """
+    from torch.utils.flop_counter import FlopCounterMode  # imports triton: 0.1 s, for trials only
+
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, image_size, image_size))

@@ -26,9 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
-STATUSES = (PENDING, RUNNING, COMPLETED, FAILED)
-BASELINE, PRUNED = "baseline", "pruned"
+from sweep_service.grid import BASELINE, COMPLETED, PENDING, PRUNED, RUNNING, STATUSES
 
 
 def utcnow() -> datetime:

@@ -29,12 +29,11 @@ import torch
 from model_zoo import create_model
 from sweep_service import data as datasets
 from sweep_service.compute import Compute, FormatRace, candidates
-from sweep_service.grid import TrialSpec
+from sweep_service.grid import BASELINE, COMPLETED, FAILED, TrialSpec
 from sweep_service.measure import count_macs, count_params, cpu_latency_ms, serialized_size
 from sweep_service.plugins import get_plugin
 from sweep_service.pruning import check_masks, select_layers, speedup
 from sweep_service.quiet import quiet_nni
-from sweep_service.store import BASELINE, COMPLETED, FAILED
 from sweep_service.training import evaluate, train
 
 
@@ -63,15 +62,17 @@ class _Phases:
 
 @functools.lru_cache(maxsize=1)
 def prepare_process() -> float:
-    """Once per worker process: quiet libraries, import torchvision and NNI (which model
-    building, the data reader and speedup import on first use), and take what the imports
-    made out of the garbage collector's view. Returns the seconds it took. Ray runs it as a
-    worker process starts (sweep_service.worker_preload); else the first trial does.
+    """Once per worker process: quiet libraries, import torchvision, NNI and torch's FLOP
+    counter (which model building, the data reader, speedup and measuring import on first
+    use), and take what the imports made out of the garbage collector's view. Returns the
+    seconds it took. Ray runs it as a worker process starts (sweep_service.worker_preload);
+    else the first trial does.
 
     torch, torchvision and NNI leave over a million objects that live as long as the
     process; each full collection walked them all (0.2 s after every trial here) and so did
     the process's exit. Frozen, they are skipped."""
     start = time.perf_counter()
+    import torch.utils.flop_counter  # noqa: F401
     import torchvision.datasets  # noqa: F401
     import torchvision.models  # noqa: F401
 
@@ -168,6 +169,18 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
     result["worker_rss_mb"] = psutil.Process().memory_info().rss / 2**20
     result["worker_shared_mb"] = _object_store_pages_mb()
     return TrialOutput(result=result, artifact=artifact, started_at=started_at)
+
+
+def run_on_worker(spec: TrialSpec, checkpoint: list, plugins_folder: str, compute: str | None) -> TrialOutput:
+    """The Ray task the coordinator dispatches. `checkpoint` holds the baseline's ObjectRef,
+    if any: inside a list, Ray hands over the reference instead of the bytes, so the trial
+    fetches them when it builds its model and drops them once loaded, rather than holding a
+    copy to its end. It lives here, not in the coordinator, so that a worker resolving it
+    imports only what trials need."""
+    import ray
+
+    fetch = (lambda: ray.get(checkpoint[0])) if checkpoint else None
+    return run_trial(spec, fetch, plugins_folder, compute)
 
 
 def _compute_for(spec: TrialSpec, device: torch.device, known: str | None) -> Compute | FormatRace:

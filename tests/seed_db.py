@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from sweep_service.config import parse_config
-from sweep_service.grid import expand
-from sweep_service.store import BASELINE, COMPLETED, FAILED, ResultStore
+from sweep_service.grid import BASELINE, COMPLETED, FAILED, expand
+from sweep_service.store import ResultStore
 
 REFERENCE_MODELS = ("resnet50", "vgg16", "mobilenet_v2", "densenet121", "efficientnet_b0",
                     "googlenet", "alexnet")

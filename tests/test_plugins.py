@@ -18,11 +18,10 @@ from torch import nn
 from model_zoo import create_model
 from sweep_service.cli import main
 from sweep_service.config import ConfigError, LayerSelection, load_config, parse_config
-from sweep_service.grid import expand
+from sweep_service.grid import COMPLETED, FAILED, PRUNED, expand
 from sweep_service.plugin_cli import FAIL, PASS, WARN, check_plugin
 from sweep_service.plugins import DEFAULT_PLUGINS_DIR, PluginError, filter_masks_from_scores, load_plugins
 from sweep_service.pruning import check_masks, select_layers
-from sweep_service.store import COMPLETED, FAILED, PRUNED
 from tests.conftest import REPO, run_cli
 
 FIXTURES = Path(__file__).parent / "plugin_fixtures"

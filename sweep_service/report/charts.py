@@ -33,7 +33,7 @@ from matplotlib.ticker import FuncFormatter, LogFormatter, PercentFormatter
 
 from sweep_service.report import fmt
 from sweep_service.report.results import COST_NAMES, SweepResults, pareto_front, trial_label
-from sweep_service.store import BASELINE, PRUNED
+from sweep_service.grid import BASELINE, PRUNED
 
 log = logging.getLogger(__name__)
 
