@@ -72,8 +72,7 @@ def candidates(device: torch.device) -> list[Compute]:
     if device.type == "cuda":
         amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return [FP32, Compute(amp), Compute(amp, channels_last=True)]
-    # Channels-last first: oneDNN's own layout, fastest or close on every model measured, so
-    # the slower candidates' warm-up steps tend to be hopeless and skip their timed steps.
+    # Channels-last first: oneDNN's own layout, which a run too short to time anything keeps.
     found = [Compute("fp32", channels_last=True)]
     if bf16_supported_on_cpu():
         found.append(Compute("bf16", channels_last=True))
@@ -83,14 +82,16 @@ def candidates(device: torch.device) -> list[Compute]:
 class FormatRace:
     """Picks the fastest candidate format on the first steps of the real training run.
 
-    Each candidate in turn trains one warm-up step (which also sets up its kernels; measured
-    at most 1.3x a later step) and one timed step; the fastest then trains the rest. Every
-    step of the race is a step of the trial's own training, so choosing costs no extra
-    arithmetic, only the slower candidates' steps. A candidate whose warm-up step is over
-    `HOPELESS` times the best timed step so far cannot win and skips its timed step.
+    Each candidate in turn trains one warm-up step (which also sets up its kernels) and one
+    timed step; the fastest then trains the rest. Every step of the race is a step of the
+    trial's own training, so choosing costs no extra arithmetic, only the slower
+    candidates' steps. Every candidate runs both steps whatever the timings, so a rerun
+    with the same seed trains the same steps in the same formats. (Skipping the timed step
+    of a candidate whose warm-up was already slow saved 0.3 s per baseline, but whether it
+    was skipped depended on the host's load, and so did the baseline's weights: two
+    benchmark runs differed by up to 7 accuracy points.) The winner does depend on timing;
+    where two candidates are close, a fixed `compute` makes reruns bit-identical.
     """
-
-    HOPELESS = 1.5
 
     def __init__(self, entrants: list[Compute]):
         if not entrants:
@@ -118,11 +119,6 @@ class FormatRace:
 
     def record(self, seconds: float) -> None:
         """Report the duration of the step just run in `current`."""
-        if not self._warmed_up:
-            self._warmed_up = True
-            if not (self.timings and seconds > self.HOPELESS * min(self.timings.values())):
-                return
-        else:
-            self.timings[self._queue[0].name] = seconds
-        self._queue.pop(0)
-        self._warmed_up = False
+        if self._warmed_up:
+            self.timings[self._queue.pop(0).name] = seconds
+        self._warmed_up = not self._warmed_up
