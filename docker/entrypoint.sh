@@ -64,11 +64,10 @@ run_head() {
         ray_start head "joined the Ray cluster at $RAY_CLUSTER_ADDRESS (as a node without CPUs)" \
             --address="$RAY_CLUSTER_ADDRESS" --num-cpus=0 --num-gpus=0
     else
-        # Every node's worker processes import what trials need as they start, before
-        # they take work (sweep_service/worker_preload.py).
+        # The service's Ray settings (sweep_service/ray_settings.py), for every node.
         ray_start head "Ray head up (GCS port 6379, dashboard port 8265)" \
             --head --port=6379 --num-cpus=0 --num-gpus=0 --dashboard-host=0.0.0.0 --dashboard-port=8265 \
-            --system-config='{"preload_python_modules": ["sweep_service.worker_preload"]}'
+            --system-config="$(python -m sweep_service.ray_settings)"
     fi
     # For the healthcheck (compose.yaml): the GCS this node belongs to. A cheap TCP check
     # of it, instead of `ray health-check`, which costs ~1 s of CPU per run.

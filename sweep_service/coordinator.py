@@ -27,6 +27,7 @@ from sweep_service.config import SweepConfig
 from sweep_service.grid import BASELINE, COMPLETED, FAILED, TrialSpec, expand
 from sweep_service.plugins import plugins_dir
 from sweep_service.quiet import silence_libraries
+from sweep_service.ray_settings import SYSTEM_CONFIG
 from sweep_service.store import ResultStore
 from sweep_service.trial import run_on_worker
 from sweep_service.versions import library_versions
@@ -85,11 +86,9 @@ def _start_ray(config: SweepConfig):
         ray.init(address=address, runtime_env={"env_vars": env}, **options)
     else:
         # A local cluster's workers inherit this environment; a runtime_env would cost
-        # about a second more before the first trial starts. Its worker processes import
-        # what trials need as they start (docker/entrypoint.sh does the same for Docker).
+        # about a second more before the first trial starts.
         os.environ.update(env)
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
-                 _system_config={"preload_python_modules": ["sweep_service.worker_preload"]}, **options)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _system_config=SYSTEM_CONFIG, **options)
     return ray
 
 def _slots(ray, config: SweepConfig) -> int:

@@ -125,10 +125,11 @@ def test_trial_whose_worker_dies_is_retried(tiny_config, tmp_path):
     assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
 
 
-def test_local_ray_workers_import_what_trials_need_as_they_start(tiny_config, monkeypatch):
+def test_local_ray_cluster_has_the_services_settings(tiny_config, monkeypatch):
     """The coordinator's local cluster preloads sweep_service.worker_preload in its worker
     processes, so that a worker's first trial does not pay for torchvision's and NNI's
-    imports."""
+    imports; and a trial's result, model bytes included, comes back inside the task's
+    reply, not through the object store (whose pages would stay in the worker's RSS)."""
     from sweep_service.config import load_config
     from sweep_service.coordinator import _start_ray
 
@@ -147,5 +148,13 @@ def test_local_ray_workers_import_what_trials_need_as_they_start(tiny_config, mo
 
         assert ray.get(imported_before_work.remote()) == ["torchvision.models", "nni.compression.speedup",
                                                           "sweep_service.trial"]
+
+        @ray.remote(num_cpus=1)
+        def resnet18_checkpoint_sized() -> bytes:
+            return bytes(43 * 2**20)
+
+        result = resnet18_checkpoint_sized.remote()
+        assert len(ray.get(result)) == 43 * 2**20
+        assert ray.experimental.get_object_locations([result])[result]["node_ids"] == []  # on no node's store
     finally:
         ray.shutdown()
