@@ -14,6 +14,18 @@ from sweep_service.config import ConfigError, load_config
 
 
 def _run(args: argparse.Namespace) -> int:
+    from sweep_service.report.helper import start_chart_helper
+
+    # First thing: its imports use the core that this process's own leave idle.
+    chart_helper = start_chart_helper()
+    try:
+        return _run_sweep(args, chart_helper)
+    finally:
+        if chart_helper is not None:
+            chart_helper.shutdown(wait=False, cancel_futures=True)
+
+
+def _run_sweep(args: argparse.Namespace, chart_helper) -> int:
     overrides = {"database": args.db, "output_dir": args.out, "data_root": args.data_root,
                  "weights_dir": args.weights_dir}
     try:
@@ -27,7 +39,7 @@ def _run(args: argparse.Namespace) -> int:
     # skips it, and so does the exit (a second less here).
     gc.freeze()
     try:
-        summary = run_sweep(config)
+        summary = run_sweep(config, chart_helper=chart_helper)
     except SweepAborted as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

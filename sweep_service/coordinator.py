@@ -14,6 +14,7 @@ import statistics
 import sys
 import threading
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,8 +206,9 @@ class _Dispatcher:
             self.failed.append(f"{spec.label}: {first_line}")
         self.bar.write(f"{progress:<20} {line}")
 
-def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
-    """Run (or resume) the sweep `config` describes; returns when no trial is left."""
+def run_sweep(config: SweepConfig, *, progress: bool = True, chart_helper: Executor | None = None) -> SweepSummary:
+    """Run (or resume) the sweep `config` describes; returns when no trial is left.
+    `chart_helper` (sweep_service.report.helper) draws half of the final report's charts."""
     started = time.time()
     silence_libraries()
     specs = list(expand(config))
@@ -227,7 +229,7 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
           f"{skipped} already done, {len(todo)} to run; data: {datasets.describe(config.dataset)}, "
           f"weights: {config.weights}", flush=True)
     if not todo:
-        return _finish(store, sweep_id, 0, skipped, started, report_dir, [])
+        return _finish(store, sweep_id, 0, skipped, started, report_dir, [], chart_helper)
 
     ray = _start_ray(config)
     stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
@@ -240,7 +242,8 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
         bar.close()
         # Nothing more runs on the cluster: it stops (over a second) while the report is drawn.
         stopping.start()
-        return _finish(store, sweep_id, dispatcher.ran, skipped, started, report_dir, dispatcher.failed)
+        return _finish(store, sweep_id, dispatcher.ran, skipped, started, report_dir, dispatcher.failed,
+                       chart_helper)
     except KeyboardInterrupt:
         store.reset_unfinished(sweep_id)
         store.end_sweep(sweep_id, "interrupted")
@@ -318,12 +321,12 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
                         "status": FAILED, "error": f"baseline of {spec.model} failed; trial not run"})
                     dispatcher._log(child, {"status": FAILED, "error": "baseline failed"})
 
-def refresh_report(database: Path, report_dir: Path, sweep_id: str) -> Path | None:
+def refresh_report(database: Path, report_dir: Path, sweep_id: str, helper: Executor | None = None) -> Path | None:
     """Rewrite the report; a report problem is logged, never the end of a sweep."""
     from sweep_service.report import write_report
 
     try:
-        return write_report(database, report_dir, sweep_id=sweep_id)
+        return write_report(database, report_dir, sweep_id=sweep_id, helper=helper)
     except Exception as exc:
         print(f"warning: could not write the report in {report_dir}: {type(exc).__name__}: {exc}",
               file=sys.stderr)
@@ -331,11 +334,11 @@ def refresh_report(database: Path, report_dir: Path, sweep_id: str) -> Path | No
 
 
 def _finish(store: ResultStore, sweep_id: str, ran: int, skipped: int, started: float,
-            report_dir: Path, failed: list[str]) -> SweepSummary:
+            report_dir: Path, failed: list[str], chart_helper: Executor | None) -> SweepSummary:
     summary = SweepSummary(sweep_id, store.counts(sweep_id), ran, skipped, time.time() - started,
                            failed=failed)
     store.end_sweep(sweep_id, "finished" if summary.ok else "incomplete")
-    summary.report = refresh_report(store.path, report_dir, sweep_id)
+    summary.report = refresh_report(store.path, report_dir, sweep_id, chart_helper)
     print(f"sweep {sweep_id} finished in {summary.wall_s:.0f} s: ran {ran}, skipped {skipped} already done; "
           + ", ".join(f"{n} {status}" for status, n in summary.counts.items()))
     for line in failed:

@@ -52,6 +52,35 @@ def _check_png(path: Path) -> None:
     assert path.stat().st_size > 20_000
 
 
+def test_a_helper_process_draws_every_other_chart_to_the_same_pixels(reference, tmp_path):
+    from sweep_service.report.helper import start_chart_helper
+
+    class Recording:  # the helper, noting what it was given
+        def __init__(self, executor):
+            self.executor, self.futures = executor, {}
+
+        def submit(self, fn, results, name, out):
+            self.futures[name] = self.executor.submit(fn, results, name, out)
+            return self.futures[name]
+
+    results = load_results(reference["db"], reference["sweep_id"])
+    helper = start_chart_helper()
+    assert helper is not None
+    try:
+        recording = Recording(helper)
+        drawn = charts.render_charts(results, tmp_path / "with-helper", recording)
+    finally:
+        helper.shutdown()
+    names = [c.filename for c in drawn]
+    assert sorted(recording.futures) == sorted(names[1::2])
+    assert all(f.result() is True for f in recording.futures.values())  # drawn there, not here
+    for name in names:
+        assert (tmp_path / "with-helper" / name).read_bytes() == (reference["out"] / name).read_bytes(), name
+    # A helper that is gone changes nothing but the time: every chart is drawn here.
+    assert [c.filename for c in charts.render_charts(results, tmp_path / "gone", helper)] == names
+    assert sorted(p.name for p in (tmp_path / "gone").glob("*.png")) == sorted(names)
+
+
 def test_full_grid_renders_in_seconds_with_every_chart(reference):
     assert reference["cold"] < 25, f"first render took {reference['cold']:.1f} s"
     assert reference["warm"] < 3, f"an unchanged report took {reference['warm']:.1f} s"

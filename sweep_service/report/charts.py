@@ -19,6 +19,7 @@ import math
 import os
 import re
 import tempfile
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -392,9 +393,11 @@ def plan_charts(results: SweepResults) -> list[tuple[Chart, Callable[[], Figure]
     return plan
 
 
-def render_charts(results: SweepResults, out_dir: str | Path) -> list[Chart]:
+def render_charts(results: SweepResults, out_dir: str | Path, helper: Executor | None = None) -> list[Chart]:
     """Write the charts' PNGs into `out_dir`, redrawing only those whose data changed.
-    Charts written by an earlier call that no longer apply are removed."""
+    Charts written by an earlier call that no longer apply are removed. Given a `helper`
+    process (sweep_service.report.helper), every other chart to redraw is drawn there
+    meanwhile; if it fails, here."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
@@ -402,23 +405,51 @@ def render_charts(results: SweepResults, out_dir: str | Path) -> list[Chart]:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError):
         manifest = {}
-    charts = []
-    for chart, draw in plan_charts(results):
-        path = out / chart.filename
-        if manifest.get(chart.filename) != chart.digest or not path.is_file():
-            try:
-                with rc_context(STYLE):
-                    _save(draw(), path)
-            except Exception:  # one bad chart must not cost the report (or the sweep) the rest
-                log.exception("chart %s of sweep %s could not be drawn", chart.filename, results.sweep_id)
-                path.unlink(missing_ok=True)
-                continue
-        charts.append(chart)
+    plan = plan_charts(results)
+    stale = [chart.filename for chart, _ in plan
+             if manifest.get(chart.filename) != chart.digest or not (out / chart.filename).is_file()]
+    elsewhere = {}
+    if helper is not None and len(stale) > 1:
+        try:
+            for name in stale[1::2]:
+                elsewhere[name] = helper.submit(draw_chart, results, name, out)
+        except Exception:  # shut down or broken: the rest are drawn here
+            pass
+    drawn: dict[str, bool] = {}
+    for chart, draw in plan:
+        if chart.filename in stale and chart.filename not in elsewhere:
+            drawn[chart.filename] = _draw(results, chart, draw, out)
+    for name, future in elsewhere.items():
+        try:
+            drawn[name] = future.result()
+        except Exception:  # the helper process is gone
+            drawn[name] = draw_chart(results, name, out)
+    charts = [chart for chart, _ in plan if drawn.get(chart.filename, True)]
     new_manifest = {c.filename: c.digest for c in charts}
     for stale in set(manifest) - set(new_manifest):
         (out / _safe(stale)).unlink(missing_ok=True)
     write_atomic(manifest_path, json.dumps(new_manifest, indent=1).encode())
     return charts
+
+
+def draw_chart(results: SweepResults, filename: str, out_dir: Path) -> bool:
+    """Draw the chart `filename` of `plan_charts(results)` (also in the helper process)."""
+    for chart, draw in plan_charts(results):
+        if chart.filename == filename:
+            return _draw(results, chart, draw, Path(out_dir))
+    return False
+
+
+def _draw(results: SweepResults, chart: Chart, draw: Callable[[], Figure], out: Path) -> bool:
+    path = out / chart.filename
+    try:
+        with rc_context(STYLE):
+            _save(draw(), path)
+    except Exception:  # one bad chart must not cost the report (or the sweep) the rest
+        log.exception("chart %s of sweep %s could not be drawn", chart.filename, results.sweep_id)
+        path.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def write_atomic(path: Path, data: bytes) -> None:
