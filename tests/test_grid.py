@@ -50,3 +50,15 @@ def test_trial_duration_estimate_follows_the_measured_trials():
     flat = [(1.0, 20.0), (0.7, 19.0)]
     assert estimate_epoch_seconds(flat, 0.3) == pytest.approx(17.67, abs=0.01)
     assert estimate_epoch_seconds([(1.0, 20.0), (0.5, 2.0)], 0.01) == 0.0  # never negative
+
+
+def test_the_last_trials_are_chosen_so_that_the_slots_finish_together():
+    from sweep_service.coordinator import pick_next
+
+    # One slot free, the other busy for 1 s more; trials of 2, 2 and 3 s. Longest first ends
+    # at 5 s (3 here; 2 there at 1 s; 2 at 3 s), a 2-second trial first at 4 s (2 here; 3
+    # there at 1 s; 2 here at 2 s).
+    assert pick_next([2.0, 2.0, 3.0], [1.0]) in (0, 1)
+    # Where longest first is as good, it stays: the longest.
+    assert pick_next([5.0, 4.0, 3.0], [4.0]) == 0
+    assert pick_next([4.0, 9.0, 1.0], [0.0, 0.0]) == 1  # three free slots
