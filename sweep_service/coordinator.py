@@ -224,13 +224,13 @@ class _Dispatcher:
         soonest, given how long the running trials still take (pick_next)."""
         estimates = [self.expected_seconds(s) for s in ready]
         longest = max(range(len(ready)), key=estimates.__getitem__)
+        if not last_ones or len(ready) > PLAN_AHEAD * slots or math.inf in estimates:
+            return longest
         now = time.time()
         busy = [max(0.0, self.expected_seconds(spec) - (now - submitted))
                 for spec, submitted in self.in_flight.values()]
         busy += [0.0] * max(0, slots - len(self.in_flight) - 1)  # other free slots
-        if not last_ones or len(ready) > PLAN_AHEAD * slots or math.inf in (*estimates, *busy):
-            return longest
-        return pick_next(estimates, busy)
+        return longest if math.inf in busy else pick_next(estimates, busy)
 
     def _save(self, spec: TrialSpec, artifact: bytes) -> Path:
         stem = f"{spec.model}-baseline" if spec.kind == BASELINE else f"{spec.model}-{spec.pruner}-{spec.rate:.2f}"
