@@ -32,9 +32,9 @@ from matplotlib.patches import Patch
 from matplotlib.transforms import Bbox
 from matplotlib.ticker import FuncFormatter, LogFormatter, PercentFormatter
 
+from sweep_service.grid import BASELINE, PRUNED
 from sweep_service.report import fmt
 from sweep_service.report.results import COST_NAMES, SweepResults, pareto_front, trial_label
-from sweep_service.grid import BASELINE, PRUNED
 
 log = logging.getLogger(__name__)
 
@@ -406,18 +406,18 @@ def render_charts(results: SweepResults, out_dir: str | Path, helper: Executor |
     except (OSError, ValueError):
         manifest = {}
     plan = plan_charts(results)
-    stale = [chart.filename for chart, _ in plan
-             if manifest.get(chart.filename) != chart.digest or not (out / chart.filename).is_file()]
+    to_draw = [chart.filename for chart, _ in plan
+               if manifest.get(chart.filename) != chart.digest or not (out / chart.filename).is_file()]
     elsewhere = {}
-    if helper is not None and len(stale) > 1:
+    if helper is not None and len(to_draw) > 1:
         try:
-            for name in stale[1::2]:
+            for name in to_draw[1::2]:
                 elsewhere[name] = helper.submit(draw_chart, results, name, out)
         except Exception:  # shut down or broken: the rest are drawn here
             pass
     drawn: dict[str, bool] = {}
     for chart, draw in plan:
-        if chart.filename in stale and chart.filename not in elsewhere:
+        if chart.filename in to_draw and chart.filename not in elsewhere:
             drawn[chart.filename] = _draw(results, chart, draw, out)
     for name, future in elsewhere.items():
         try:
