@@ -30,7 +30,7 @@ from sweep_service.config import SweepConfig
 from sweep_service.grid import BASELINE, COMPLETED, FAILED, TrialSpec, expand
 from sweep_service.plugins import plugins_dir
 from sweep_service.quiet import silence_libraries
-from sweep_service.ray_settings import SYSTEM_CONFIG
+from sweep_service.ray_settings import LOCAL_CLUSTER_ENV, SYSTEM_CONFIG
 from sweep_service.store import ResultStore
 from sweep_service.trial import run_on_worker
 from sweep_service.versions import library_versions
@@ -93,7 +93,7 @@ def _start_ray(config: SweepConfig):
     else:
         # A local cluster's workers inherit this environment; a runtime_env would cost
         # about a second more before the first trial starts.
-        os.environ.update(env)
+        os.environ.update(env, **LOCAL_CLUSTER_ENV)
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _system_config=SYSTEM_CONFIG, **options)
     return ray
 
