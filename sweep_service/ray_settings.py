@@ -18,8 +18,8 @@ SYSTEM_CONFIG = {
     "task_rpc_inlined_bytes_limit": 64 * 2**20,
     # Fewer wake-ups of Ray's own threads while trials compute. With one trial per core,
     # each wake-up takes a core from a trial: two Ray tasks trained 5-6 % slower than the
-    # same arithmetic in a plain process pool, their threads preempted 150-250 times a
-    # second against 20-60. Off: per-task event records and metrics, which feed only
+    # same arithmetic in a plain process pool, their threads preempted 100-300 times a
+    # second against under 70. Off: per-task event records and metrics, which feed only
     # Ray's dashboard and Prometheus (the service's own progress is its log and database).
     # Slowed from every 100 ms: the raylet's resource reports and memory-pressure check
     # (trials last minutes).
