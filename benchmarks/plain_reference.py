@@ -71,22 +71,41 @@ def evaluate(model, loader) -> float:
     return correct / total
 
 
-def main(grid_file: str) -> None:
-    grid = json.load(open(grid_file))
-    root = grid["data_root"]
+def data(grid: dict) -> tuple[Subset, DataLoader]:
+    """The training subset (PIL transforms) and the test loader, as the service draws them."""
     normalize = transforms.Normalize(MEAN, STD)
     reader = cifar10_reader("synthetic")
-    train_set = reader(root, train=True, transform=transforms.Compose([
+    train_set = reader(grid["data_root"], train=True, transform=transforms.Compose([
         transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
         transforms.ToTensor(), normalize]))
-    test_set = reader(root, train=False, transform=transforms.Compose([
+    test_set = reader(grid["data_root"], train=False, transform=transforms.Compose([
         transforms.ToTensor(), normalize]))
     seed = grid["seed"]
     train_idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:grid["train_subset"]]
     test_idx = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(seed + 1))[:grid["test_subset"]]
-    train_loader = DataLoader(Subset(train_set, train_idx.tolist()), batch_size=grid["batch_size"], shuffle=True)
-    test_loader = DataLoader(Subset(test_set, test_idx.tolist()), batch_size=grid["eval_batch_size"])
-    opt = grid["optimizer"]
+    return (Subset(train_set, train_idx.tolist()),
+            DataLoader(Subset(test_set, test_idx.tolist()), batch_size=grid["eval_batch_size"]))
+
+
+def prune(baseline: nn.Module, name: str, pruner_name: str, rate: float) -> nn.Module:
+    model = copy.deepcopy(baseline).eval()
+    # The service's default layers: convs but the first, and not the depthwise
+    # ones (speedup prunes those along with the conv that feeds them).
+    layers = [n for n, m in model.named_modules()
+              if isinstance(m, nn.Conv2d) and m.groups == 1 and n != FIRST_CONVS[name]]
+    pruner = PRUNERS[pruner_name](model, [{"op_names": layers, "sparse_ratio": rate}])
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    ModelSpeedup(model, torch.rand(1, 3, 32, 32), masks,
+                 graph_module=torch.fx.symbolic_trace(model)).speedup_model()
+    return model
+
+
+def main(grid_file: str) -> None:
+    grid = json.load(open(grid_file))
+    train_subset, test_loader = data(grid)
+    train_loader = DataLoader(train_subset, batch_size=grid["batch_size"], shuffle=True)
+    seed, opt = grid["seed"], grid["optimizer"]
     for name in grid["models"]:
         torch.manual_seed(seed)
         baseline = build(name)
@@ -101,16 +120,7 @@ def main(grid_file: str) -> None:
         for pruner_name in grid["pruners"]:
             for rate in grid["rates"]:
                 torch.manual_seed(seed)
-                model = copy.deepcopy(baseline).eval()
-                # The service's default layers: convs but the first, and not the depthwise
-                # ones (speedup prunes those along with the conv that feeds them).
-                layers = [n for n, m in model.named_modules()
-                          if isinstance(m, nn.Conv2d) and m.groups == 1 and n != FIRST_CONVS[name]]
-                pruner = PRUNERS[pruner_name](model, [{"op_names": layers, "sparse_ratio": rate}])
-                _, masks = pruner.compress()
-                pruner.unwrap_model()
-                ModelSpeedup(model, torch.rand(1, 3, 32, 32), masks,
-                             graph_module=torch.fx.symbolic_trace(model)).speedup_model()
+                model = prune(baseline, name, pruner_name, rate)
                 train(model, train_loader, grid["finetune_epochs"], opt["lr"], opt["momentum"], opt["weight_decay"])
                 print(json.dumps({"model": name, "pruner": pruner_name, "rate": rate,
                                   "accuracy": evaluate(model, test_loader)}), flush=True)
