@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import multiprocessing as mp
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -75,6 +76,8 @@ def measure_seed_noise(grid: dict, workdir: Path, service_rows: list[dict], slot
     context = mp.get_context("spawn")
     with context.Pool(slots, initializer=_quiet) as pool:
         results = pool.map(_replicates, jobs)
+        pool.close()  # let the workers exit on their own: terminated, they leak NNI's semaphore
+        pool.join()
     by_model: dict[str, dict] = {}
     for r in results:
         by_model.setdefault(r["model"], {})[r["pipeline"]] = r["accuracies"]
@@ -88,8 +91,10 @@ def measure_seed_noise(grid: dict, workdir: Path, service_rows: list[dict], slot
 
 
 def _quiet() -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore")
+    """Pool initializer. The reference prunes as its user would, with NNI's log line per
+    graph node on stdout; errors still come back through the pool."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # plain_reference
 

@@ -347,7 +347,7 @@ def print_table(f: dict) -> None:
          and abs(n["mean_difference"]) <= 2 * n["mean_difference_stderr"],
          f"grid {f['accuracy_diff_mean']:+.2%} vs ±{2 * f['accuracy_diff_noise']:.2%}; replicates "
          f"{n['mean_difference']:+.2%} vs ±{2 * n['mean_difference_stderr']:.2%}"),
-        ("sweep efficiency >= 0.85", f["sweep_efficiency"] >= 0.85, f"{f['sweep_efficiency']:.2f}"),
+        ("sweep efficiency >= 0.85", f["sweep_efficiency"] >= 0.85, f"{f['sweep_efficiency']:.3f}"),
         ("per-trial overhead <= 10% of trial wall time", f["overhead_fraction_total"] <= 0.10,
          f"{f['overhead_fraction_total']:.1%} overall, median {f['overhead_fraction_median']:.1%}"),
         ("worker RSS after last trial within 10% of after 3rd", bool(f["worker_rss"]) and all(
