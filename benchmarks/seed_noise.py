@@ -69,8 +69,10 @@ def measure_seed_noise(grid: dict, workdir: Path, service_rows: list[dict], slot
     """Per model, both pipelines' replicate accuracies; `sd`: the pooled standard deviation
     of one trial's accuracy over the draws."""
     baselines = {r["model"]: r for r in service_rows if r["kind"] == "baseline"}
+    # The format the service's own trial of this pruner and rate trained in.
+    computes = {r["model"]: r["compute"] for r in service_rows if r["pruner"] == PRUNER and r["rate"] == RATE}
     jobs = [dict(grid=grid, model=name, pipeline=pipeline, seeds=REPLICATE_SEEDS,
-                 start_from=baselines[name]["artifact_path"], compute=baselines[name]["compute"],
+                 start_from=baselines[name]["artifact_path"], compute=computes[name],
                  service_root=str(workdir / "data"), reference_root=str(workdir / "data" / "synthetic-cifar10"))
             for name in grid["models"] for pipeline in ("service", "reference")]
     context = mp.get_context("spawn")

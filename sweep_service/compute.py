@@ -5,12 +5,15 @@ Which is fastest depends on the model and the hardware, by a wide margin. On thi
 project's 2-core AVX512-BF16 machine, one thread, batch 128 at 32 px, one training step:
 mobilenet_v2 548 ms in fp32, 228 ms in fp32 channels-last, 623 ms in bf16 channels-last;
 resnet18 466, 435 and 278 ms. So `compute: auto` races the candidates on the first steps
-of each model's baseline training (FormatRace) and the sweep reuses the winner for that
-model's pruned trials. Accuracy is always evaluated in fp32, whatever trained it.
+of each model's baseline training (FormatRace). The candidates that came close race
+again on the first steps of each pruned trial, since pruning changes the layers' shapes
+and with them the ranking; the others are out for the model's trials. Accuracy is always
+evaluated in fp32, whatever trained the model.
 """
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +22,12 @@ from torch import nn
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHANNELS_LAST = "-channels-last"
 CHOICES = tuple(f"{d}{layout}" for d in DTYPES for layout in ("", CHANNELS_LAST))
+# A candidate whose timed step on a model's baseline cost at most this much more than the
+# winner's races again on each pruned model. Here resnet18's fp32, fp32 channels-last and
+# bf16 channels-last came within 4 % of each other on the baseline, while on its pruned
+# models channels-last was 3-26 % faster than fp32; mobilenet_v2's losers cost 1.7-2.3x
+# its winner and stay out.
+CONTENDER_MARGIN = 0.25
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,17 @@ def candidates(device: torch.device) -> list[Compute]:
     return [*found, FP32]
 
 
+def contenders(timings: dict[str, float], among: list[str] | None = None) -> list[str]:
+    """The raced formats within CONTENDER_MARGIN of the fastest, fastest first; given
+    `among` (the formats still in the running before this race), only those of them, unless
+    none is left."""
+    best = min(timings.values())
+    close = sorted((name for name, t in timings.items() if t <= best * (1 + CONTENDER_MARGIN)), key=timings.get)
+    if among is None:
+        return close
+    return [name for name in close if name in among] or close
+
+
 class FormatRace:
     """Picks the fastest candidate format on the first steps of the real training run.
 
@@ -91,12 +111,19 @@ class FormatRace:
     was skipped depended on the host's load, and so did the baseline's weights: two
     benchmark runs differed by up to 7 accuracy points.) The winner does depend on timing;
     where two candidates are close, a fixed `compute` makes reruns bit-identical.
+
+    On CPUs a step is timed in the process's CPU seconds, not wall seconds. Baselines race
+    as the sweep starts, while Ray's processes and the other workers' imports compete for
+    the cores: timed by the wall clock, one sweep's mobilenet_v2 baseline picked contiguous
+    fp32, whose steps cost 1.7x channels-last's, for all nine of its trials. On GPUs the
+    device is synchronised and the wall clock read.
     """
 
-    def __init__(self, entrants: list[Compute]):
+    def __init__(self, entrants: list[Compute], device: torch.device = torch.device("cpu")):
         if not entrants:
             raise ValueError("a format race needs at least one candidate")
         self.entrants = list(entrants)
+        self.device = device
         self.timings: dict[str, float] = {}  # seconds of each candidate's timed step
         self._queue = list(entrants)
         self._warmed_up = False
@@ -116,6 +143,13 @@ class FormatRace:
         if not self.timings:
             return self.entrants[0]
         return Compute.parse(min(self.timings, key=self.timings.get))
+
+    def clock(self) -> float:
+        """Seconds on the clock the race compares steps by (see the class docstring)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return time.perf_counter()
+        return time.process_time()
 
     def record(self, seconds: float) -> None:
         """Report the duration of the step just run in `current`."""

@@ -9,6 +9,7 @@ own code comes back as a failed result and the sweep goes on.
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import math
 import os
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from model_zoo import WeightsUnavailableError
 from model_zoo._registry import fetch_imagenet_weights
 from sweep_service import data as datasets
+from sweep_service.compute import contenders
 from sweep_service.config import SweepConfig
 from sweep_service.grid import BASELINE, COMPLETED, FAILED, TrialSpec, expand
 from sweep_service.plugins import plugins_dir
@@ -161,7 +163,7 @@ class _Dispatcher:
         # model -> (share of filters kept, seconds per epoch) of its finished trials
         self.speeds: dict[str, list[tuple[float, float]]] = {}
         self.overheads: dict[str, list[float]] = {}  # model -> seconds besides epochs, per pruned trial
-        self.computes: dict[str, str] = {}  # baseline key -> compute format measured fastest
+        self.computes: dict[str, list[str]] = {}  # baseline key -> formats its trials use or race
         self.failed: list[str] = []
         self.ran = 0  # trials that ran (for the summary)
         self.logged = 0  # trials with an outcome, including those skipped as their baseline failed
@@ -171,8 +173,8 @@ class _Dispatcher:
 
     def submit(self, spec: TrialSpec) -> None:
         checkpoint = self.checkpoints.get(spec.baseline_key) if spec.baseline_key else None
-        compute = self.computes.get(spec.baseline_key) if spec.baseline_key else None
-        ref = self.remote.remote(spec, [checkpoint] if checkpoint else [], str(plugins_dir()), compute)
+        computes = self.computes.get(spec.baseline_key, []) if spec.baseline_key else []
+        ref = self.remote.remote(spec, [checkpoint] if checkpoint else [], str(plugins_dir()), computes)
         self.in_flight[ref] = (spec, time.time())
         self.store.mark_running(self.sweep_id, spec.key)
 
@@ -190,7 +192,7 @@ class _Dispatcher:
             result["artifact_path"] = str(self._save(spec, artifact))
             if spec.kind == BASELINE:
                 self.checkpoints[spec.key] = self.ray.put(artifact)
-                self.note_baseline(spec.key, result)
+            self.note_formats(spec, result)
             self.note_speed(spec, result)
         self.store.record(self.sweep_id, spec.key, result)
         self.store.link_baselines(self.sweep_id)
@@ -198,10 +200,15 @@ class _Dispatcher:
         self._log(spec, result)
         return spec
 
-    def note_baseline(self, key: str, result: dict[str, Any]) -> None:
-        """Keep the compute format a baseline measured fastest, for its model's pruned trials."""
-        if result.get("compute"):
-            self.computes[key] = result["compute"]
+    def note_formats(self, spec: TrialSpec, result: dict[str, Any]) -> None:
+        """Keep the compute formats a model's pruned trials use: its baseline's fastest and
+        the candidates that came close to it, which those trials race. A format that falls
+        out of reach in a pruned trial's race is out for the model's later trials."""
+        key = spec.key if spec.kind == BASELINE else spec.baseline_key
+        if result.get("compute_race"):
+            self.computes[key] = contenders(json.loads(result["compute_race"]), among=self.computes.get(key))
+        elif spec.kind == BASELINE and result.get("compute"):
+            self.computes[key] = [result["compute"]]
 
     def note_speed(self, spec: TrialSpec, result: dict[str, Any]) -> None:
         seconds = (result.get("time_finetune_s") or 0.0) + (result.get("time_eval_s") or 0.0)
@@ -250,7 +257,7 @@ class _Dispatcher:
             line = (f"done   {spec.label:<28} acc {result['accuracy']:.1%}  "
                     f"params -{result['param_reduction']:.0%}  {result.get('time_total_s', 0):.0f}s "
                     f"on {result.get('worker_host')}"
-                    + (f", {result.get('compute')}" if spec.kind == BASELINE else ""))
+                    + (f", {result.get('compute')}" if result.get("compute_race") else ""))
         else:
             first_line = (result.get("error") or "").splitlines()[0] if result.get("error") else ""
             line = f"FAILED {spec.label:<28} {first_line}"
@@ -321,12 +328,12 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
         extra = [s for s in expand(config) if s.key in missing]
         todo = extra + todo
         dispatcher.bar.total += len(extra)
-    for key, row in finished.items():
+    # Baselines first: their formats are what their trials' races narrow down.
+    for row in sorted(finished.values(), key=lambda row: row["kind"] != BASELINE):
         if row["status"] == COMPLETED:
             spec = TrialSpec.from_json(row["spec_json"])
             dispatcher.note_speed(spec, row)
-            if spec.kind == BASELINE:
-                dispatcher.note_baseline(key, row)
+            dispatcher.note_formats(spec, row)
     ready = [s for s in todo if s.kind == BASELINE or s.baseline_key in dispatcher.checkpoints]
     ready_keys = {s.key for s in ready}
     waiting = [s for s in todo if s.key not in ready_keys]

@@ -95,6 +95,8 @@ class TrialRow(Base):
     worker_shared_mb: Mapped[float | None] = mapped_column(default=None)  # of it, Ray object-store pages
     threads: Mapped[int | None] = mapped_column(default=None)
     compute: Mapped[str | None] = mapped_column(default=None)  # e.g. "bf16-channels-last"
+    # If the trial raced formats: JSON {format: seconds of its timed step} (CPU seconds on CPUs)
+    compute_race: Mapped[str | None] = mapped_column(Text, default=None)
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     artifact_path: Mapped[str | None] = mapped_column(String, default=None)

@@ -7,7 +7,6 @@ so that accuracies do not depend on the format that happened to be fastest.
 from __future__ import annotations
 
 import math
-import time
 from typing import Iterable
 
 import torch
@@ -54,7 +53,7 @@ def train(model: nn.Module, batches: Iterable, *, epochs: int, optimizer_setting
             if race is not None and race.current != current:
                 current = race.current
                 _relayout(model, optimizer, current)
-            start = time.perf_counter()
+            start = race.clock() if racing else 0.0
             inputs, labels = current.inputs(inputs, device), labels.to(device, non_blocking=True)
             with current.autocast(device):
                 loss = loss_fn(model(inputs), labels)
@@ -64,9 +63,7 @@ def train(model: nn.Module, batches: Iterable, *, epochs: int, optimizer_setting
             scaler.update()
             schedule.step()
             if racing:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                race.record(time.perf_counter() - start)
+                race.record(race.clock() - start)
             loss_sum += loss.detach() * len(labels)  # no per-step device sync
             n += len(labels)
         mean_loss = loss_sum.item() / max(n, 1)

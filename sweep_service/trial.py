@@ -16,12 +16,13 @@ import ctypes.util
 import functools
 import gc
 import io
+import json
 import os
 import socket
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Callable, Sequence, Union
 
 import psutil
 import torch
@@ -91,9 +92,10 @@ Checkpoint = Union[bytes, Callable[[], bytes]]
 
 
 def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
-              plugins_dir: str | None = None, compute: str | None = None) -> TrialOutput:
+              plugins_dir: str | None = None, computes: Sequence[str] = ()) -> TrialOutput:
     """Run one trial. `baseline_checkpoint`: the baseline's state_dict bytes, or a function
-    that fetches them. `compute` is the format chosen on this model's baseline, if known."""
+    that fetches them. `computes`: the formats this model's baseline found fastest, if
+    known (several if they came close: this trial races them)."""
     started_at = time.time()
     phases = _Phases()
     startup_start = time.perf_counter()
@@ -135,11 +137,15 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
             model = phases.run("speedup", speedup, model, masks, spec.image_size)
 
         model.to(device)
-        compute_or_race = phases.run("finetune", _compute_for, spec, device, compute)
+        compute_or_race = phases.run("finetune", _compute_for, spec, device, computes)
         phases.run("finetune", train, model, train_batches, epochs=spec.epochs,
                    optimizer_settings=spec.optimizer, device=device,
                    steps_per_epoch=len(train_batches), compute=compute_or_race)
-        chosen = compute_or_race.winner if isinstance(compute_or_race, FormatRace) else compute_or_race
+        chosen = compute_or_race
+        if isinstance(compute_or_race, FormatRace):
+            chosen = compute_or_race.winner
+            result["compute_race"] = json.dumps({name: round(seconds, 4)
+                                                 for name, seconds in compute_or_race.timings.items()})
         result["compute"] = chosen.name
         accuracy = phases.run("eval", evaluate, model, test_batches, device, chosen)
         # Measured and shipped in the standard layout, whatever layout trained it.
@@ -171,7 +177,7 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
     return TrialOutput(result=result, artifact=artifact, started_at=started_at)
 
 
-def run_on_worker(spec: TrialSpec, checkpoint: list, plugins_folder: str, compute: str | None) -> TrialOutput:
+def run_on_worker(spec: TrialSpec, checkpoint: list, plugins_folder: str, computes: list[str]) -> TrialOutput:
     """The Ray task the coordinator dispatches. `checkpoint` holds the baseline's ObjectRef,
     if any: inside a list, Ray hands over the reference instead of the bytes, so the trial
     fetches them when it builds its model and drops them once loaded, rather than holding a
@@ -180,24 +186,27 @@ def run_on_worker(spec: TrialSpec, checkpoint: list, plugins_folder: str, comput
     import ray
 
     fetch = (lambda: ray.get(checkpoint[0])) if checkpoint else None
-    return run_trial(spec, fetch, plugins_folder, compute)
+    return run_trial(spec, fetch, plugins_folder, computes)
 
 
-def _compute_for(spec: TrialSpec, device: torch.device, known: str | None) -> Compute | FormatRace:
-    """The config's explicit choice; else the baseline's measured one if this worker can run
-    it; else a race of the candidates on the first training steps."""
+def _compute_for(spec: TrialSpec, device: torch.device, known: Sequence[str]) -> Compute | FormatRace:
+    """The config's explicit choice; else the formats the baseline measured fastest that this
+    worker can run (raced again if several); else a race of all the candidates."""
     if spec.compute != "auto":
         chosen = Compute.parse(spec.compute)
         chosen.check(device)
         return chosen
-    if known:
-        chosen = Compute.parse(known)
+    usable = []
+    for name in known:
+        compute = Compute.parse(name)
         try:
-            chosen.check(device)
-            return chosen
+            compute.check(device)
+            usable.append(compute)
         except ValueError:  # a different kind of worker than the baseline's
             pass
-    return FormatRace(candidates(device))
+    if len(usable) == 1:
+        return usable[0]
+    return FormatRace(usable or candidates(device), device)
 
 
 def _release_memory() -> None:

@@ -2,12 +2,22 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
 
 from model_zoo import create_model
-from sweep_service.compute import CHOICES, FP32, Compute, FormatRace, bf16_supported_on_cpu, candidates
+from sweep_service.compute import (
+    CHOICES,
+    CONTENDER_MARGIN,
+    FP32,
+    Compute,
+    FormatRace,
+    bf16_supported_on_cpu,
+    candidates,
+    contenders,
+)
 from sweep_service.training import evaluate, train
 
 CPU = torch.device("cpu")
@@ -88,15 +98,45 @@ def test_bf16_is_a_candidate_exactly_where_the_cpu_has_it():
     assert candidates(CPU)[0] == Compute("fp32", channels_last=True) and candidates(CPU)[-1] == FP32
 
 
-def test_a_trial_races_only_without_a_format_it_can_use():
+def test_a_trial_races_only_the_formats_its_baseline_found_close():
     from types import SimpleNamespace
 
     from sweep_service.trial import _compute_for
 
     auto, explicit = SimpleNamespace(compute="auto"), SimpleNamespace(compute="fp32-channels-last")
-    assert _compute_for(explicit, CPU, known="fp32") == Compute("fp32", channels_last=True)
-    assert _compute_for(auto, CPU, known="fp32-channels-last") == Compute("fp32", channels_last=True)
-    assert isinstance(_compute_for(auto, CPU, known=None), FormatRace)  # a baseline
-    assert isinstance(_compute_for(auto, CPU, known="fp16"), FormatRace)  # measured on a GPU worker
+    assert _compute_for(explicit, CPU, known=["fp32"]) == Compute("fp32", channels_last=True)
+    assert _compute_for(auto, CPU, known=["fp32-channels-last"]) == Compute("fp32", channels_last=True)
+    close = _compute_for(auto, CPU, known=["fp32-channels-last", "fp32"])
+    assert isinstance(close, FormatRace) and close.entrants == [Compute("fp32", channels_last=True), FP32]
+    # only what this worker can run: a GPU baseline's fp16 is dropped
+    assert _compute_for(auto, CPU, known=["fp16", "fp32"]) == FP32
+    baseline = _compute_for(auto, CPU, known=[])
+    assert isinstance(baseline, FormatRace) and baseline.entrants == candidates(CPU)
+    assert _compute_for(auto, CPU, known=["fp16"]).entrants == candidates(CPU)  # measured on a GPU worker
     with pytest.raises(ValueError, match="needs a GPU"):
-        _compute_for(SimpleNamespace(compute="fp16"), CPU, known=None)
+        _compute_for(SimpleNamespace(compute="fp16"), CPU, known=[])
+
+
+def test_contenders_are_the_formats_close_to_the_fastest_fastest_first():
+    timings = {"fp32-channels-last": 0.36, "bf16-channels-last": 0.35, "fp32": 0.50}
+    assert contenders(timings) == ["bf16-channels-last", "fp32-channels-last"]
+    assert contenders({"fp32": 1.0, "fp32-channels-last": 1.0 + CONTENDER_MARGIN}) == ["fp32", "fp32-channels-last"]
+    assert contenders({"fp32-channels-last": 0.24, "fp32": 0.41, "bf16-channels-last": 0.55}) == ["fp32-channels-last"]
+    # a pruned trial's race narrows its model's formats: what fell behind stays out
+    still = contenders({"fp32": 0.20, "fp32-channels-last": 0.18, "bf16-channels-last": 0.30},
+                       among=["fp32", "fp32-channels-last", "bf16-channels-last"])
+    assert still == ["fp32-channels-last", "fp32"]
+    assert contenders({"fp32": 0.20, "fp32-channels-last": 0.18}, among=["fp32-channels-last", "bf16-channels-last"]) \
+        == ["fp32-channels-last"]
+    assert contenders({"fp32": 0.20}, among=["bf16-channels-last"]) == ["fp32"]  # never an empty list
+
+
+def test_a_cpu_race_times_work_not_waiting_for_a_core():
+    race = FormatRace([FP32], CPU)
+    start = race.clock()
+    time.sleep(0.3)  # as a step preempted by another process
+    waited = race.clock() - start
+    start = race.clock()
+    sum(i * i for i in range(2_000_000))
+    worked = race.clock() - start
+    assert waited < 0.05 and worked > waited

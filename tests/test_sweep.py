@@ -3,14 +3,16 @@ that dies mid-trial. Real NNI pruning and speedup, real SQLite, the real CIFAR-1
 reader on generated files."""
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import torch
 
-from sweep_service.compute import CHOICES
+from sweep_service.compute import candidates, contenders
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -52,10 +54,22 @@ def test_every_trial_completes_with_its_figures(finished_sweep):
         assert row["worker_host"] and row["time_finetune_s"] > 0
         assert Path(row["artifact_path"]).is_file()
     assert "5 completed" in result.stdout
-    # the baseline raced the compute formats; its pruned trials reused the winner
+    # the baseline raced every candidate format; its pruned trials use the winner, or race
+    # it against the candidates that came close to it
     baseline = next(r for r in rows if r["kind"] == "baseline")
-    assert baseline["compute"] in CHOICES
-    assert all(r["compute"] == baseline["compute"] for r in rows)
+    race = json.loads(baseline["compute_race"])
+    assert set(race) == {c.name for c in candidates(torch.device("cpu"))}
+    assert baseline["compute"] == min(race, key=race.get)
+    close = contenders(race)
+    for row in rows:
+        if row["kind"] == "baseline":
+            continue
+        assert row["compute"] in close
+        if row["compute_race"]:
+            timed = json.loads(row["compute_race"])
+            assert len(timed) > 1 and set(timed) <= set(close) and row["compute"] == min(timed, key=timed.get)
+    if len(close) == 1:
+        assert all(r["compute_race"] is None for r in rows if r["kind"] != "baseline")
 
 
 def test_baseline_beats_chance_and_reduction_grows_with_rate(finished_sweep):
