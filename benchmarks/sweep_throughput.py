@@ -99,10 +99,12 @@ def _ideal_job(job: dict) -> dict:
     """Time the bare arithmetic of one trial: its model, in-memory random tensors."""
     import torch
 
+    from sweep_service import heap
     from sweep_service.compute import Compute
     from sweep_service.training import make_optimizer
 
     torch.set_num_threads(job["threads"])
+    heap.keep_freed_memory()  # as a worker does
     if job["artifact"].endswith(".pt") and job["kind"] == "pruned":
         model = torch.load(job["artifact"], weights_only=False)
     else:
@@ -129,7 +131,10 @@ def _ideal_job(job: dict) -> dict:
     with torch.inference_mode():  # evaluation in fp32, as in the service
         for b in job["eval_batches"]:
             model(inputs[b]).argmax(1)
-    return {"key": job["key"], "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    model = optimizer = inputs = None
+    heap.release()  # as a worker does after each trial
+    return {"key": job["key"], "seconds": seconds}
 
 
 def measure_ideal(rows: list[dict]) -> dict:

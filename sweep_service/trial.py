@@ -11,8 +11,6 @@ Workers are reused across trials, so the data set and the imports are kept per p
 from __future__ import annotations
 
 import copy
-import ctypes
-import ctypes.util
 import functools
 import gc
 import io
@@ -29,6 +27,7 @@ import torch
 
 from model_zoo import create_model
 from sweep_service import data as datasets
+from sweep_service import heap
 from sweep_service.compute import Compute, FormatRace, candidates
 from sweep_service.grid import BASELINE, COMPLETED, FAILED, TrialSpec
 from sweep_service.measure import count_macs, count_params, cpu_latency_ms, serialized_size
@@ -63,16 +62,18 @@ class _Phases:
 
 @functools.lru_cache(maxsize=1)
 def prepare_process() -> float:
-    """Once per worker process: quiet libraries, import torchvision, NNI and torch's FLOP
-    counter (which model building, the data reader, speedup and measuring import on first
-    use), and take what the imports made out of the garbage collector's view. Returns the
-    seconds it took. Ray runs it as a worker process starts (sweep_service.worker_preload);
-    else the first trial does.
+    """Once per worker process: keep freed memory in the heap for the next training step
+    (sweep_service.heap), quiet libraries, import torchvision, NNI and torch's FLOP counter
+    (which model building, the data reader, speedup and measuring import on first use), and
+    take what the imports made out of the garbage collector's view. Returns the seconds it
+    took. Ray runs it as a worker process starts (sweep_service.worker_preload); else the
+    first trial does.
 
     torch, torchvision and NNI leave over a million objects that live as long as the
     process; each full collection walked them all (0.2 s after every trial here) and so did
     the process's exit. Frozen, they are skipped."""
     start = time.perf_counter()
+    heap.keep_freed_memory()
     import torch.utils.flop_counter  # noqa: F401
     import torchvision.datasets  # noqa: F401
     import torchvision.models  # noqa: F401
@@ -171,7 +172,7 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
     result.update(phases.times)
     result["time_total_s"] = time.perf_counter() - startup_start
     model = masks = None  # drop this trial's tensors before trimming the heap
-    _release_memory()
+    heap.release()
     result["worker_rss_mb"] = psutil.Process().memory_info().rss / 2**20
     result["worker_shared_mb"] = _object_store_pages_mb()
     return TrialOutput(result=result, artifact=artifact, started_at=started_at)
@@ -209,18 +210,6 @@ def _compute_for(spec: TrialSpec, device: torch.device, known: Sequence[str]) ->
     return FormatRace(usable or candidates(device), device)
 
 
-def _release_memory() -> None:
-    """Hand freed heap back to the OS between trials.
-
-    Each trial allocates differently shaped tensors; glibc keeps the freed chunks, and a
-    warm worker's RSS grew by about 10 % per trial here (1.1 GB to 2.2 GB over ten
-    trials). malloc_trim after each trial keeps it flat.
-    """
-    gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
 def _object_store_pages_mb() -> float | None:
     """The part of this process's RSS that is shared memory: on a Ray worker, pages of the
     node's object store it has read or written (checkpoints in, models out). The OS counts
@@ -234,17 +223,6 @@ def _object_store_pages_mb() -> float | None:
     except OSError:
         pass
     return None
-
-
-def _load_libc():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:  # not glibc (macOS, musl): nothing to trim
-        return None
-
-
-_LIBC = _load_libc()
 
 
 def _build_start_model(spec: TrialSpec, baseline_checkpoint: Checkpoint | None) -> torch.nn.Module:
