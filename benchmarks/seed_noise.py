@@ -23,8 +23,9 @@ PRUNER, RATE = "l1norm", 0.5
 
 
 def _replicates(job: dict) -> dict:
+    """Prune the job's model once, then fine-tune and evaluate a copy per replicate seed in
+    the job's pipeline."""
     import torch
-    from torch.utils.data import DataLoader
 
     import plain_reference as reference
     from sweep_service.quiet import quiet_nni
@@ -36,33 +37,47 @@ def _replicates(job: dict) -> dict:
     torch.manual_seed(grid["seed"])
     with quiet_nni():
         pruned = reference.prune(baseline, name, PRUNER, RATE)
-    opt, accuracies = grid["optimizer"], []
-    if job["pipeline"] == "reference":
-        train_subset, test_loader = reference.data({**grid, "data_root": job["reference_root"]})
-    else:
-        from sweep_service import data
-        from sweep_service.compute import Compute
-        from sweep_service.training import evaluate, train
+    fine_tune = _in_reference if job["pipeline"] == "reference" else _in_service
+    return {"model": name, "pipeline": job["pipeline"], "accuracies": fine_tune(pruned, job)}
 
-        splits = data.load("synthetic", job["service_root"])
-        train_set = data.subset(splits.train, grid["train_subset"], grid["seed"])
-        test_batches = data.TensorBatches(data.subset(splits.test, grid["test_subset"], grid["seed"] + 1),
-                                          batch_size=grid["eval_batch_size"])
+
+def _in_reference(pruned, job: dict) -> list[float]:
+    import torch
+    from torch.utils.data import DataLoader
+
+    import plain_reference as reference
+
+    grid, opt, accuracies = job["grid"], job["grid"]["optimizer"], []
+    train_subset, test_loader = reference.data({**grid, "data_root": job["reference_root"]})
     for seed in job["seeds"]:
         model = copy.deepcopy(pruned)
         torch.manual_seed(seed)
-        if job["pipeline"] == "reference":
-            loader = DataLoader(train_subset, batch_size=grid["batch_size"], shuffle=True)
-            reference.train(model, loader, grid["finetune_epochs"], opt["lr"], opt["momentum"], opt["weight_decay"])
-            accuracies.append(reference.evaluate(model, test_loader))
-        else:
-            batches = data.TensorBatches(train_set, batch_size=grid["batch_size"], shuffle=True, augment=True,
-                                         seed=seed)
-            compute = Compute.parse(job["compute"])
-            train(model, batches, epochs=grid["finetune_epochs"], optimizer_settings=opt,
-                  device=torch.device("cpu"), steps_per_epoch=len(batches), compute=compute)
-            accuracies.append(evaluate(model, test_batches, torch.device("cpu"), compute))
-    return {"model": name, "pipeline": job["pipeline"], "accuracies": accuracies}
+        loader = DataLoader(train_subset, batch_size=grid["batch_size"], shuffle=True)
+        reference.train(model, loader, grid["finetune_epochs"], opt["lr"], opt["momentum"], opt["weight_decay"])
+        accuracies.append(reference.evaluate(model, test_loader))
+    return accuracies
+
+
+def _in_service(pruned, job: dict) -> list[float]:
+    import torch
+
+    from sweep_service import data
+    from sweep_service.compute import Compute
+    from sweep_service.training import evaluate, train
+
+    grid, cpu, compute, accuracies = job["grid"], torch.device("cpu"), Compute.parse(job["compute"]), []
+    splits = data.load("synthetic", job["service_root"])
+    train_set = data.subset(splits.train, grid["train_subset"], grid["seed"])
+    test_batches = data.TensorBatches(data.subset(splits.test, grid["test_subset"], grid["seed"] + 1),
+                                      batch_size=grid["eval_batch_size"])
+    for seed in job["seeds"]:
+        model = copy.deepcopy(pruned)
+        torch.manual_seed(seed)
+        batches = data.TensorBatches(train_set, batch_size=grid["batch_size"], shuffle=True, augment=True, seed=seed)
+        train(model, batches, epochs=grid["finetune_epochs"], optimizer_settings=grid["optimizer"], device=cpu,
+              steps_per_epoch=len(batches), compute=compute)
+        accuracies.append(evaluate(model, test_batches, cpu, compute))
+    return accuracies
 
 
 def measure_seed_noise(grid: dict, workdir: Path, service_rows: list[dict], slots: int) -> dict:
