@@ -41,7 +41,8 @@ from sweep_service.versions import library_versions
 # most once a minute, and spending at most this share of a core. The first redraw's cost
 # is a guess (with matplotlib's import, about 2 s here); later ones use the last one's.
 # Once no trial is left to start and a slot is free, its core is, and the report is
-# redrawn at once.
+# redrawn at once, if the running trials are expected to outlast the redraw: a result that
+# arrives during one waits for it, and after the last result the report is drawn anyway.
 REPORT_INTERVAL_S = 60.0
 REPORT_CPU_SHARE = 0.01
 FIRST_REPORT_COST_S = 2.0
@@ -225,6 +226,12 @@ class _Dispatcher:
         return (estimate_epoch_seconds(self.speeds.get(spec.model, []), 1 - spec.rate) * max(spec.epochs, 1)
                 + (statistics.median(overheads) if overheads else 0.0))
 
+    def seconds_left(self) -> list[float]:
+        """Expected seconds each running trial still takes (inf for a baseline)."""
+        now = time.time()
+        return [max(0.0, self.expected_seconds(spec) - (now - submitted))
+                for spec, submitted in self.in_flight.values()]
+
     def next_trial(self, ready: list[TrialSpec], slots: int, *, last_ones: bool) -> int:
         """Index in `ready` of the trial to dispatch: the longest first, and for the
         `last_ones` (nothing else will become ready), the one with which the rest end
@@ -233,10 +240,7 @@ class _Dispatcher:
         longest = max(range(len(ready)), key=estimates.__getitem__)
         if not last_ones or len(ready) > PLAN_AHEAD * slots or math.inf in estimates:
             return longest
-        now = time.time()
-        busy = [max(0.0, self.expected_seconds(spec) - (now - submitted))
-                for spec, submitted in self.in_flight.values()]
-        busy += [0.0] * max(0, slots - len(self.in_flight) - 1)  # other free slots
+        busy = self.seconds_left() + [0.0] * max(0, slots - len(self.in_flight) - 1)  # other free slots
         return longest if math.inf in busy else pick_next(estimates, busy)
 
     def _save(self, spec: TrialSpec, artifact: bytes) -> Path:
@@ -338,7 +342,8 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
     ready_keys = {s.key for s in ready}
     waiting = [s for s in todo if s.key not in ready_keys]
     last_report = time.time()
-    report_interval = max(REPORT_INTERVAL_S, FIRST_REPORT_COST_S / REPORT_CPU_SHARE)
+    report_cost = FIRST_REPORT_COST_S
+    report_interval = max(REPORT_INTERVAL_S, report_cost / REPORT_CPU_SHARE)
     waited_since = time.time()
     waiting_for_workers = False
     while ready or waiting or dispatcher.in_flight:
@@ -359,12 +364,14 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
         if not dispatcher.in_flight:
             break
         # Redrawn while trials run, not between a result and the next submission.
-        nothing_to_start = not waiting and len(dispatcher.in_flight) < slots
-        if nothing_to_start or time.time() - last_report > report_interval:
+        core_free = (not waiting and len(dispatcher.in_flight) < slots
+                     and max(dispatcher.seconds_left(), default=0.0) > report_cost)
+        if core_free or time.time() - last_report > report_interval:
             began = time.time()
             refresh_report(config.database, report_dir, dispatcher.sweep_id)
             last_report = time.time()
-            report_interval = max(REPORT_INTERVAL_S, (last_report - began) / REPORT_CPU_SHARE)
+            report_cost = last_report - began
+            report_interval = max(REPORT_INTERVAL_S, report_cost / REPORT_CPU_SHARE)
         spec = dispatcher.wait_one()
         if spec.kind == BASELINE:
             children = [s for s in waiting if s.baseline_key == spec.key]
