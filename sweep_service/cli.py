@@ -6,11 +6,11 @@ each handler returns the process exit code.
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 from pathlib import Path
 
 from sweep_service.config import ConfigError, load_config
+from sweep_service.startup import imports_outside_gc
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -28,16 +28,15 @@ def _run(args: argparse.Namespace) -> int:
 def _run_sweep(args: argparse.Namespace, chart_helper) -> int:
     overrides = {"database": args.db, "output_dir": args.out, "data_root": args.data_root,
                  "weights_dir": args.weights_dir}
-    try:
-        config = load_config(args.config, overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from sweep_service.coordinator import SweepAborted, run_sweep
+    # The config's checks import the plugins (torch with them), and then the coordinator.
+    with imports_outside_gc():
+        try:
+            config = load_config(args.config, overrides)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        from sweep_service.coordinator import SweepAborted, run_sweep
 
-    # What the imports made lives as long as this process; frozen, the garbage collector
-    # skips it, and so does the exit (a second less here).
-    gc.freeze()
     try:
         summary = run_sweep(config, chart_helper=chart_helper)
     except SweepAborted as exc:
@@ -100,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    with imports_outside_gc():  # the subcommands' modules, torch among them
+        parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except BrokenPipeError:  # e.g. `plugins list | head`

@@ -33,6 +33,7 @@ from sweep_service.grid import BASELINE, COMPLETED, FAILED, TrialSpec, expand
 from sweep_service.plugins import plugins_dir
 from sweep_service.quiet import silence_libraries
 from sweep_service.ray_settings import LOCAL_CLUSTER_ENV, SYSTEM_CONFIG
+from sweep_service.startup import imports_outside_gc
 from sweep_service.store import ResultStore
 from sweep_service.trial import run_on_worker
 from sweep_service.versions import library_versions
@@ -83,7 +84,8 @@ def prepare_inputs(config: SweepConfig) -> None:
                 raise SweepAborted(str(exc)) from None
 
 def _start_ray(config: SweepConfig):
-    import ray
+    with imports_outside_gc():
+        import ray
 
     address = os.environ.get("RAY_ADDRESS")
     options: dict[str, Any] = dict(logging_level=logging.ERROR, log_to_driver=False,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import gc
 import io
 import json
 import os
@@ -34,6 +33,7 @@ from sweep_service.measure import count_macs, count_params, cpu_latency_ms, seri
 from sweep_service.plugins import get_plugin
 from sweep_service.pruning import check_masks, select_layers, speedup
 from sweep_service.quiet import quiet_nni
+from sweep_service.startup import imports_outside_gc
 from sweep_service.training import evaluate, train
 
 
@@ -64,24 +64,20 @@ class _Phases:
 def prepare_process() -> float:
     """Once per worker process: keep freed memory in the heap for the next training step
     (sweep_service.heap), quiet libraries, import torchvision, NNI and torch's FLOP counter
-    (which model building, the data reader, speedup and measuring import on first use), and
-    take what the imports made out of the garbage collector's view. Returns the seconds it
-    took. Ray runs it as a worker process starts (sweep_service.worker_preload); else the
-    first trial does.
-
-    torch, torchvision and NNI leave over a million objects that live as long as the
-    process; each full collection walked them all (0.2 s after every trial here) and so did
-    the process's exit. Frozen, they are skipped."""
+    (which model building, the data reader, speedup and measuring import on first use), out
+    of the garbage collector's view (sweep_service.startup). Returns the seconds it took.
+    Ray runs it as a worker process starts (sweep_service.worker_preload); else the first
+    trial does."""
     start = time.perf_counter()
     heap.keep_freed_memory()
-    import torch.utils.flop_counter  # noqa: F401
-    import torchvision.datasets  # noqa: F401
-    import torchvision.models  # noqa: F401
+    with imports_outside_gc():
+        import torch.utils.flop_counter  # noqa: F401
+        import torchvision.datasets  # noqa: F401
+        import torchvision.models  # noqa: F401
 
-    with quiet_nni():
-        import nni.compression.pruning  # noqa: F401
-        import nni.compression.speedup  # noqa: F401
-    gc.freeze()
+        with quiet_nni():
+            import nni.compression.pruning  # noqa: F401
+            import nni.compression.speedup  # noqa: F401
     return time.perf_counter() - start
 
 

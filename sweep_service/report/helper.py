@@ -23,4 +23,7 @@ def start_chart_helper() -> Executor | None:
 
 
 def _import_charts() -> None:
-    import sweep_service.report.charts  # noqa: F401
+    from sweep_service.startup import imports_outside_gc
+
+    with imports_outside_gc():
+        import sweep_service.report.charts  # noqa: F401
