@@ -32,7 +32,7 @@ from sweep_service.config import SweepConfig
 from sweep_service.grid import BASELINE, COMPLETED, FAILED, TrialSpec, expand
 from sweep_service.plugins import plugins_dir
 from sweep_service.quiet import silence_libraries
-from sweep_service.ray_settings import LOCAL_CLUSTER_ENV, SYSTEM_CONFIG
+from sweep_service.ray_settings import LOCAL_CLUSTER_ENV, LOCAL_SYSTEM_CONFIG
 from sweep_service.startup import imports_outside_gc
 from sweep_service.store import ResultStore
 from sweep_service.trial import run_on_worker
@@ -99,7 +99,7 @@ def _start_ray(config: SweepConfig):
         # A local cluster's workers inherit this environment; a runtime_env would cost
         # about a second more before the first trial starts.
         os.environ.update(env, **LOCAL_CLUSTER_ENV)
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _system_config=SYSTEM_CONFIG, **options)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _system_config=LOCAL_SYSTEM_CONFIG, **options)
     return ray
 
 def _slots(ray, config: SweepConfig) -> int:

@@ -31,6 +31,21 @@ SYSTEM_CONFIG = {
     "raylet_check_gc_period_milliseconds": 1000,
 }
 
+# For the coordinator's local cluster, two waits in Ray's start that held up the sweep's
+# first trials (in a 4-trial sweep, with the imports outside the garbage collector too,
+# their arithmetic began 6.3-6.6 s after the command's start instead of 7.6-8.8 s):
+# - the worker processes start, and import what trials need, as the raylet comes up,
+#   instead of once the coordinator has connected (1-2 s later: the raylet's agents and
+#   the coordinator's registration come in between);
+# - the raylet connects to its object store, which it starts on a thread of its own, as
+#   soon as the store listens. In about half of the starts the first attempt came too
+#   early, and the next one came a second later (Ray's default retry interval; the raylet
+#   logged 1.001 s from the store's mmap to its object manager's start, instead of 2 ms).
+#   Retried every 50 ms, 200 times, it still gives up after 10 s, as by default.
+LOCAL_SYSTEM_CONFIG = {**SYSTEM_CONFIG, "enable_worker_prestart": True,
+                       "raylet_client_connect_timeout_milliseconds": 50,
+                       "raylet_client_num_connect_attempts": 200}
+
 # For the coordinator's local cluster, which has no dashboard: its agent's node-stats
 # reporter (every 5 s) and the autoscaler's monitor (every 5 s) have nobody to report to.
 LOCAL_CLUSTER_ENV = {
