@@ -141,7 +141,7 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
         chosen = compute_or_race
         if isinstance(compute_or_race, FormatRace):
             chosen = compute_or_race.winner
-            result["compute_race"] = json.dumps({name: round(seconds, 4)
+            result["compute_race"] = json.dumps({name: round(seconds, 6)
                                                  for name, seconds in compute_or_race.timings.items()})
         result["compute"] = chosen.name
         accuracy = phases.run("eval", evaluate, model, test_batches, device, chosen)

@@ -59,7 +59,7 @@ def test_every_trial_completes_with_its_figures(finished_sweep):
     baseline = next(r for r in rows if r["kind"] == "baseline")
     race = json.loads(baseline["compute_race"])
     assert set(race) == {c.name for c in candidates(torch.device("cpu"))}
-    assert baseline["compute"] == min(race, key=race.get)
+    assert baseline["compute"] in _fastest(race)
     close = contenders(race)
     for row in rows:
         if row["kind"] == "baseline":
@@ -67,9 +67,14 @@ def test_every_trial_completes_with_its_figures(finished_sweep):
         assert row["compute"] in close
         if row["compute_race"]:
             timed = json.loads(row["compute_race"])
-            assert len(timed) > 1 and set(timed) <= set(close) and row["compute"] == min(timed, key=timed.get)
+            assert len(timed) > 1 and set(timed) <= set(close) and row["compute"] in _fastest(timed)
     if len(close) == 1:
         assert all(r["compute_race"] is None for r in rows if r["kind"] != "baseline")
+
+
+def _fastest(timings: dict[str, float]) -> list[str]:
+    """The formats with the shortest recorded step (the record is rounded: two can tie)."""
+    return [name for name, seconds in timings.items() if seconds == min(timings.values())]
 
 
 def test_baseline_beats_chance_and_reduction_grows_with_rate(finished_sweep):
