@@ -3,7 +3,8 @@
 Ray's `preload_python_modules` setting names this module (sweep_service.ray_settings).
 The imports every trial needs (torch, torchvision, NNI: 2.4 s of CPU per process here)
 then run while Ray is still coming up, instead of at the start of each worker's first
-trial; with the garbage collector off (sweep_service.startup), from torch's on.
+trial, with the garbage collector off (sweep_service.startup). Ray's own import comes
+before this module and runs with it on.
 """
 from sweep_service.startup import imports_outside_gc
 
