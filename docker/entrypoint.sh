@@ -89,6 +89,8 @@ run_head() {
 
 run_worker() {
     head=${RAY_HEAD_ADDRESS:-ray-head:6379}
+    # The raylet and the processes it starts for trials run on tcmalloc (sweep_service/heap.py).
+    for setting in $(python -m sweep_service.heap); do export "$setting"; done
     ray_start worker "joined the Ray cluster at $head with ${RAY_WORKER_CPUS:-1} CPU(s), ${RAY_WORKER_GPUS:-0} GPU(s)" \
         --address="$head" --num-cpus="${RAY_WORKER_CPUS:-1}" --num-gpus="${RAY_WORKER_GPUS:-0}"
     # Run trials until the head goes away (the sweep is over: exit 0) or the raylet dies

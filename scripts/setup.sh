@@ -18,9 +18,10 @@ apt_install() {
 }
 
 if [ "${SETUP_SYSTEM:-1}" = 1 ] && command -v apt-get >/dev/null; then
-    # chromium: the report's browser test. The Docker engine and debootstrap are
-    # installed by docker/ensure-engine.sh when the end-to-end test needs them.
-    apt_install chromium fonts-dejavu-core
+    # chromium: the report's browser test; tcmalloc: the allocator of the processes that
+    # run trials (sweep_service/heap.py). The Docker engine and debootstrap are installed
+    # by docker/ensure-engine.sh when the end-to-end test needs them.
+    apt_install chromium fonts-dejavu-core libtcmalloc-minimal4
 fi
 
 PYTHON=${PYTHON:-python3}

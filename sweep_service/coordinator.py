@@ -27,6 +27,7 @@ from tqdm import tqdm
 from model_zoo import WeightsUnavailableError
 from model_zoo._registry import fetch_imagenet_weights
 from sweep_service import data as datasets
+from sweep_service import heap
 from sweep_service.compute import contenders
 from sweep_service.config import SweepConfig
 from sweep_service.grid import BASELINE, COMPLETED, FAILED, TrialSpec, expand
@@ -97,8 +98,9 @@ def _start_ray(config: SweepConfig):
         ray.init(address=address, runtime_env={"env_vars": env}, **options)
     else:
         # A local cluster's workers inherit this environment; a runtime_env would cost
-        # about a second more before the first trial starts.
-        os.environ.update(env, **LOCAL_CLUSTER_ENV)
+        # about a second more before the first trial starts. (Docker's workers get their
+        # allocator from docker/entrypoint.sh.)
+        os.environ.update(env, **LOCAL_CLUSTER_ENV, **heap.allocator_env())
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _system_config=LOCAL_SYSTEM_CONFIG, **options)
     return ray
 

@@ -94,6 +94,7 @@ class TrialRow(Base):
     worker_rss_mb: Mapped[float | None] = mapped_column(default=None)  # after the trial
     worker_shared_mb: Mapped[float | None] = mapped_column(default=None)  # of it, Ray object-store pages
     threads: Mapped[int | None] = mapped_column(default=None)
+    allocator: Mapped[str | None] = mapped_column(default=None)  # of the worker's C heap (sweep_service.heap)
     compute: Mapped[str | None] = mapped_column(default=None)  # e.g. "bf16-channels-last"
     # If the trial raced formats: JSON {format: seconds of its timed step} (CPU seconds on CPUs)
     compute_race: Mapped[str | None] = mapped_column(Text, default=None)

@@ -101,7 +101,7 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
     try:
         threads = _threads_for(spec)
         torch.set_num_threads(threads)
-        result["threads"] = threads
+        result.update(threads=threads, allocator=heap.allocator())
         prepare_process()
         phases.times["time_startup_s"] = time.perf_counter() - startup_start
         device = torch.device("cuda" if spec.gpus > 0 and torch.cuda.is_available() else "cpu")

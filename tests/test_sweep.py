@@ -147,17 +147,27 @@ def test_trial_whose_worker_dies_is_retried(tiny_config, tmp_path):
 def test_local_ray_cluster_has_the_services_settings(tiny_config, monkeypatch):
     """The coordinator's local cluster preloads sweep_service.worker_preload in its worker
     processes, so that a worker's first trial does not pay for torchvision's and NNI's
-    imports; and a trial's result, model bytes included, comes back inside the task's
-    reply, not through the object store (whose pages would stay in the worker's RSS)."""
+    imports; its workers run on tcmalloc where the machine has it (sweep_service.heap); and
+    a trial's result, model bytes included, comes back inside the task's reply, not through
+    the object store (whose pages would stay in the worker's RSS)."""
+    from sweep_service import heap
     from sweep_service.config import load_config
     from sweep_service.coordinator import _start_ray
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    for name in ("SWEEP_PLUGINS_DIR", "PYTHONWARNINGS"):  # _start_ray sets them for the workers
+    allocator_env = heap.allocator_env({})
+    # _start_ray sets them for the workers
+    for name in ("SWEEP_PLUGINS_DIR", "PYTHONWARNINGS", "LD_PRELOAD", *allocator_env):
         monkeypatch.setenv(name, os.environ.get(name, ""))
     path, _ = tiny_config()
     ray = _start_ray(load_config(path))
     try:
+        @ray.remote(num_cpus=1)
+        def allocator() -> str:
+            return heap.allocator()
+
+        assert ray.get(allocator.remote()) == ("tcmalloc" if allocator_env else "glibc")
+
         @ray.remote(num_cpus=1)
         def imported_before_work() -> list[str]:
             import sys

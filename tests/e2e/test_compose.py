@@ -320,7 +320,7 @@ def test_sweep_on_compose_survives_a_killed_worker(compose, sweep_image, tmp_pat
         assert code == 0, "the coordinator (ray-head) failed"
 
         # 3. Every trial recorded exactly once, all completed, spread over both workers.
-        rows = query(db, "SELECT sweep_id, key, kind, status, worker_host, error FROM trials")
+        rows = query(db, "SELECT sweep_id, key, kind, status, worker_host, allocator, error FROM trials")
         assert len({r["sweep_id"] for r in rows}) == 1
         keys = [r["key"] for r in rows]
         assert len(keys) == len(set(keys)), "a trial is recorded twice"
@@ -330,6 +330,7 @@ def test_sweep_on_compose_survives_a_killed_worker(compose, sweep_image, tmp_pat
         ran_on = {r["worker_host"] for r in rows}
         assert ran_on <= set(worker_hosts), f"trials ran on {ran_on}, workers are {set(worker_hosts)}"
         assert len(ran_on) >= 2, f"all trials ran on {ran_on}"
+        assert {r["allocator"] for r in rows} == {"tcmalloc"}  # the image's workers preload it
         # The killed worker's trial was retried on the other one; no result came from the dead.
         assert sum(r["worker_host"] == victim for r in rows) <= done_by_victim + 1  # +1: a result in flight
 
