@@ -35,6 +35,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from unittest import mock
 
 import yaml
 
@@ -134,10 +135,12 @@ def _ideal_job(job: dict) -> dict:
     seconds = time.perf_counter() - start
     model = optimizer = inputs = None
     heap.release()  # as a worker does after each trial
-    return {"key": job["key"], "seconds": seconds}
+    return {"key": job["key"], "seconds": seconds, "allocator": heap.allocator()}
 
 
 def measure_ideal(rows: list[dict]) -> dict:
+    from sweep_service import heap
+
     jobs = []
     for row in rows:
         epochs = GRID["baseline_epochs"] if row["kind"] == "baseline" else GRID["finetune_epochs"]
@@ -145,13 +148,15 @@ def measure_ideal(rows: list[dict]) -> dict:
                          threads=int(row["threads"] or 1), compute=row["compute"],
                          train_batches=_batch_sizes(GRID["train_subset"], GRID["batch_size"]) * epochs,
                          eval_batches=_batch_sizes(GRID["test_subset"], GRID["eval_batch_size"])))
-    # Measured while `SLOTS` run at once, as in the sweep, so both see the same contention.
-    with mp.get_context("spawn").Pool(SLOTS) as pool:
-        durations = {r["key"]: r["seconds"] for r in pool.imap_unordered(_ideal_job, jobs)}
+    # Measured while `SLOTS` run at once, as in the sweep, so both see the same contention,
+    # and on the allocator the service's workers get (sweep_service.heap).
+    with mock.patch.dict(os.environ, heap.allocator_env()), mp.get_context("spawn").Pool(SLOTS) as pool:
+        results = list(pool.imap_unordered(_ideal_job, jobs))
+    durations = {r["key"]: r["seconds"] for r in results}
     slots = [0.0] * SLOTS  # longest-first packing onto the slots
     for seconds in sorted(durations.values(), reverse=True):
         heapq.heapreplace(slots, slots[0] + seconds)
-    return {"wall_s": max(slots), "per_trial_s": durations}
+    return {"wall_s": max(slots), "per_trial_s": durations, "allocators": sorted({r["allocator"] for r in results})}
 
 
 # --- the plain reference -----------------------------------------------------------------
@@ -295,6 +300,8 @@ def main() -> None:
         accuracy_between_service_runs_abs_max=max(abs(t["accuracy"] - t["accuracy_second_run"]) for t in trials),
         achieved_gflops=total_gflop / service_wall,
         matmul_peak_gflops=max(probes.values()), machine_speed_probes_gflops=probes,
+        allocators={"service workers": sorted({r["allocator"] for r in first["rows"] + second["rows"]}),
+                    "ideal": sorted({a for i in ideals for a in i["allocators"]})},
         worker_rss={f"run {n} worker {pid}": growth for n, r in enumerate(runs, start=1)
                     for pid, growth in _rss_growth(r["rows"]).items()},
         trials=trials, reference_trials=reference["trials"],
@@ -316,6 +323,7 @@ def print_table(f: dict) -> None:
     print(f"wall time: service {f['service_wall_s']:.1f} s (runs {runs[0]:.1f} and {runs[1]:.1f}), plain reference "
           f"{f['reference_wall_s']:.1f} s, ideal {f['ideal_wall_s']:.1f} s on {f['slots']} slots "
           f"({ideals[0]:.1f} and {ideals[1]:.1f})")
+    print("C heap allocator: " + ", ".join(f"{who} {' + '.join(names)}" for who, names in f["allocators"].items()))
     pairs = f["sweep_efficiency_pairs"]
     print(f"sweep efficiency: {f['sweep_efficiency']:.3f} over both pairs; service 1 with ideal 1 {pairs[0]:.3f}, "
           f"service 2 with ideal 2 {pairs[1]:.3f}")
