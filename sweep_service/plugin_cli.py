@@ -24,10 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from sweep_service.plugins import ENTRY_POINT_GROUP, Masks, PluginEntry, PluginError, load_plugins, plugins_dir
 
@@ -37,6 +34,10 @@ CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE = 2, 16
 NUM_CLASSES = 10
 
 PASS, FAIL, WARN, SKIP = "PASS", "FAIL", "WARN", "SKIP"
+
+if TYPE_CHECKING:  # torch is imported by the checks, not to build the command line
+    import torch
+    from torch import nn
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -133,6 +134,8 @@ def check_handler(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    import torch
+
     # Small models on tiny batches gain nothing from more threads, and on a busy machine
     # (a sweep running beside) extra threads spin: one thread is several times faster then.
     torch.set_num_threads(1)
@@ -162,6 +165,8 @@ def check_handler(args: argparse.Namespace) -> int:
 def check_plugin(entry: PluginEntry, models: list[str], rates: list[float], *, image_size: int = 32,
                  emit: Callable[[CheckResult], None] = lambda result: None) -> list[CheckResult]:
     """Run the plugin on each model at each rate; return (and emit) one result per check."""
+    import torch
+
     from model_zoo import create_model
     from sweep_service.config import LayerSelection
     from sweep_service.pruning import select_layers
@@ -184,6 +189,8 @@ def check_plugin(entry: PluginEntry, models: list[str], rates: list[float], *, i
 
 def _check_one(entry: PluginEntry, model: nn.Module, model_name: str, layers: list[str], rate: float,
                image_size: int) -> Iterator[CheckResult]:
+    import torch
+
     from sweep_service.pruning import RATE_TOLERANCE, MaskError, check_fit, masked_share
 
     def result(check: str, status: str, detail: str) -> CheckResult:
@@ -229,6 +236,8 @@ def _check_one(entry: PluginEntry, model: nn.Module, model_name: str, layers: li
 
 def _check_speedup(model: nn.Module, masks: Masks, image_size: int, removes_filters: bool,
                    result: Callable[[str, str, str], CheckResult]) -> CheckResult:
+    import torch
+
     from sweep_service.measure import count_params
     from sweep_service.pruning import speedup
 
@@ -254,6 +263,8 @@ def _check_speedup(model: nn.Module, masks: Masks, image_size: int, removes_filt
 
 
 def _calibration_batches(image_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    import torch
+
     generator = torch.Generator().manual_seed(0)
     return [(torch.randn(CALIBRATION_BATCH_SIZE, 3, image_size, image_size, generator=generator),
              torch.randint(0, NUM_CLASSES, (CALIBRATION_BATCH_SIZE,), generator=generator))

@@ -28,10 +28,11 @@ import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import ClassVar, Iterable
+from typing import TYPE_CHECKING, ClassVar, Iterable
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # for annotations only: the command line starts without torch (plugins import it)
+    import torch
+    from torch import nn
 
 ENTRY_POINT_GROUP = "sweep_service.pruners"
 DEFAULT_PLUGINS_DIR = Path(__file__).resolve().parents[1] / "pruner_plugins"
@@ -39,8 +40,8 @@ DEFAULT_PLUGINS_DIR = Path(__file__).resolve().parents[1] / "pruner_plugins"
 PLUGIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 RESERVED_NAME = "none"  # the `pruner` of baseline trials
 
-Masks = dict[str, dict[str, torch.Tensor]]
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+Masks = dict[str, dict[str, "torch.Tensor"]]
+Batches = Iterable[tuple["torch.Tensor", "torch.Tensor"]]
 
 
 class PluginError(RuntimeError):
@@ -75,6 +76,8 @@ def filter_masks_from_scores(model: nn.Module, layers: list[str], scores: dict[s
     ``int(rate * filters)`` filters (but keeps at least one), so every layer meets the rate
     and speedup can remove the channels.
     """
+    import torch
+
     modules = dict(model.named_modules())
     masks: Masks = {}
     for name in layers:
