@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from sweep_service.config import ConfigError, load_config
+from sweep_service.config import ConfigError, SweepConfig, parse_config, read_config_file
 from sweep_service.startup import imports_outside_gc
 
 
@@ -26,23 +27,50 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_sweep(args: argparse.Namespace, chart_helper) -> int:
+    from sweep_service.ray_settings import start_ray
+
     overrides = {"database": args.db, "output_dir": args.out, "data_root": args.data_root,
                  "weights_dir": args.weights_dir}
-    # The config's checks import the plugins (torch with them), and then the coordinator.
-    with imports_outside_gc():
-        try:
-            config = load_config(args.config, overrides)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+    try:
+        data = read_config_file(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # Ray's start (about 3 s for a local cluster, most of it waiting for Ray's own processes)
+    # and the config's checks (about 1 s, most of it importing torch, which the pruner plugins
+    # need) run together: the checks in a thread, Ray in this one, since Ray ties its
+    # processes' lives to the thread that starts them. A config that fails its checks is
+    # reported at once and still ends the command, with exit code 2, before anything is
+    # recorded or run.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="config-checks") as checks:
+        checked = checks.submit(_checked_config, data, str(args.config), overrides)
+        checked.add_done_callback(_report_config_error)
+        ray = start_ray()
+        if isinstance(checked.exception(), ConfigError):
+            ray.shutdown()
             return 2
-        from sweep_service.coordinator import SweepAborted, run_sweep
+        config = checked.result()
+    from sweep_service.coordinator import SweepAborted, run_sweep
 
     try:
-        summary = run_sweep(config, chart_helper=chart_helper)
+        summary = run_sweep(config, ray=ray, chart_helper=chart_helper)
     except SweepAborted as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0 if summary.ok else 1
+
+
+def _report_config_error(checked: Future) -> None:
+    if isinstance(checked.exception(), ConfigError):
+        print(f"error: {checked.exception()}", file=sys.stderr, flush=True)
+
+
+def _checked_config(data, source: str, overrides: dict) -> SweepConfig:
+    """The validated config, and the coordinator's imports (torch among them, with the plugins)."""
+    with imports_outside_gc():
+        config = parse_config(data, source=source, overrides=overrides)
+        import sweep_service.coordinator  # noqa: F401
+    return config
 
 
 def _status(args: argparse.Namespace) -> int:

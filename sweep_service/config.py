@@ -244,8 +244,8 @@ def parse_config(data: Any, *, source: str = "<config>", overrides: dict[str, An
         raise ConfigError(_format_errors(source, exc)) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
-    """Read and validate a YAML sweep config; `overrides` (e.g. from the CLI) win."""
+def read_config_file(path: str | Path) -> Any:
+    """The YAML document of a config file (not yet validated: see parse_config)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -257,4 +257,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Sw
         raise ConfigError(f"config file {path} is empty")
     if isinstance(data, dict):
         data.setdefault("name", path.stem)
-    return parse_config(data, source=str(path), overrides=overrides)
+    return data
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """Read and validate a YAML sweep config; `overrides` (e.g. from the CLI) win."""
+    return parse_config(read_config_file(path), source=str(path), overrides=overrides)

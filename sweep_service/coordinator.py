@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import heapq
 import json
-import logging
 import math
-import os
 import statistics
 import sys
 import threading
@@ -27,14 +25,12 @@ from tqdm import tqdm
 from model_zoo import WeightsUnavailableError
 from model_zoo._registry import fetch_imagenet_weights
 from sweep_service import data as datasets
-from sweep_service import heap
 from sweep_service.compute import contenders
 from sweep_service.config import SweepConfig
 from sweep_service.grid import BASELINE, COMPLETED, FAILED, TrialSpec, expand
 from sweep_service.plugins import plugins_dir
 from sweep_service.quiet import silence_libraries
-from sweep_service.ray_settings import LOCAL_CLUSTER_ENV, LOCAL_SYSTEM_CONFIG
-from sweep_service.startup import imports_outside_gc
+from sweep_service.ray_settings import start_ray
 from sweep_service.store import ResultStore
 from sweep_service.trial import run_on_worker
 from sweep_service.versions import library_versions
@@ -83,26 +79,6 @@ def prepare_inputs(config: SweepConfig) -> None:
                 fetch_imagenet_weights(model, config.weights_dir)
             except WeightsUnavailableError as exc:
                 raise SweepAborted(str(exc)) from None
-
-def _start_ray(config: SweepConfig):
-    with imports_outside_gc():
-        import ray
-
-    address = os.environ.get("RAY_ADDRESS")
-    options: dict[str, Any] = dict(logging_level=logging.ERROR, log_to_driver=False,
-                                   configure_logging=True)
-    # Workers import this package from the same installation as the coordinator, and
-    # find plugins in the same folder (mounted into every container in Docker).
-    env = {"SWEEP_PLUGINS_DIR": str(plugins_dir()), "PYTHONWARNINGS": "ignore"}
-    if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, **options)
-    else:
-        # A local cluster's workers inherit this environment; a runtime_env would cost
-        # about a second more before the first trial starts. (Docker's workers get their
-        # allocator from docker/entrypoint.sh.)
-        os.environ.update(env, **LOCAL_CLUSTER_ENV, **heap.allocator_env())
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _system_config=LOCAL_SYSTEM_CONFIG, **options)
-    return ray
 
 def _slots(ray, config: SweepConfig) -> int:
     resources = ray.cluster_resources()
@@ -272,9 +248,22 @@ class _Dispatcher:
             self.failed.append(f"{spec.label}: {first_line}")
         self.bar.write(f"{progress:<20} {line}")
 
-def run_sweep(config: SweepConfig, *, progress: bool = True, chart_helper: Executor | None = None) -> SweepSummary:
+def run_sweep(config: SweepConfig, *, ray=None, progress: bool = True,
+              chart_helper: Executor | None = None) -> SweepSummary:
     """Run (or resume) the sweep `config` describes; returns when no trial is left.
-    `chart_helper` (sweep_service.report.helper) draws half of the final report's charts."""
+
+    `ray`: Ray as `start_ray` returned it, if the caller started it already (the command
+    starts it while the config is checked); else Ray starts here once the inputs are there.
+    Either way it is shut down before this returns. `chart_helper`
+    (sweep_service.report.helper) draws half of the final report's charts."""
+    try:
+        return _sweep(config, ray, progress=progress, chart_helper=chart_helper)
+    finally:
+        if ray is not None and ray.is_initialized():  # the sweep ended before its trials
+            ray.shutdown()
+
+
+def _sweep(config: SweepConfig, ray, *, progress: bool, chart_helper: Executor | None) -> SweepSummary:
     started = time.time()
     silence_libraries()
     specs = list(expand(config))
@@ -297,7 +286,7 @@ def run_sweep(config: SweepConfig, *, progress: bool = True, chart_helper: Execu
     if not todo:
         return _finish(store, sweep_id, 0, skipped, started, report_dir, [], chart_helper)
 
-    ray = _start_ray(config)
+    ray = ray or start_ray()
     stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
     try:
         # A live bar only on a terminal; in logs (Docker) each result line says the progress.

@@ -1,8 +1,18 @@
-"""Ray's system settings for the clusters the service starts: the coordinator's local
-cluster and the Docker head (`docker/entrypoint.sh` passes the JSON that
-`python -m sweep_service.ray_settings` prints). Other nodes take them from the head.
+"""How the coordinator starts or joins Ray, and Ray's system settings for the clusters the
+service starts: the coordinator's local cluster and the Docker head (`docker/entrypoint.sh`
+passes the JSON that `python -m sweep_service.ray_settings` prints). Other nodes take them
+from the head. Imports neither torch nor the coordinator, so that the command can start
+Ray before it imports them.
 """
+from __future__ import annotations
+
 import json
+import logging
+import os
+
+from sweep_service import heap
+from sweep_service.plugins import plugins_dir
+from sweep_service.startup import imports_outside_gc
 
 SYSTEM_CONFIG = {
     # Worker processes import what trials need as they start, before they take work.
@@ -52,6 +62,29 @@ LOCAL_CLUSTER_ENV = {
     "REPORTER_UPDATE_INTERVAL_MS": "600000",
     "AUTOSCALER_UPDATE_INTERVAL_S": "600",
 }
+
+
+def start_ray():
+    """Join the Ray cluster at RAY_ADDRESS, else start a local one with every CPU of this
+    machine; returns the `ray` module."""
+    with imports_outside_gc():
+        import ray
+
+    options = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
+    # Workers import this package from the same installation as the coordinator, and
+    # find plugins in the same folder (mounted into every container in Docker).
+    env = {"SWEEP_PLUGINS_DIR": str(plugins_dir()), "PYTHONWARNINGS": "ignore"}
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, **options)
+    else:
+        # A local cluster's workers inherit this environment; a runtime_env would cost
+        # about a second more before the first trial starts. (Docker's workers get their
+        # allocator from docker/entrypoint.sh.)
+        os.environ.update(env, **LOCAL_CLUSTER_ENV, **heap.allocator_env())
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _system_config=LOCAL_SYSTEM_CONFIG, **options)
+    return ray
+
 
 if __name__ == "__main__":
     print(json.dumps(SYSTEM_CONFIG))

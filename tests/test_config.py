@@ -83,7 +83,7 @@ def test_overrides_win_and_are_validated(tiny_config, tmp_path):
     ({"compute": "int8"}, "unknown compute 'int8'; choose auto or one of fp32"),
     ({"compute": "fp16"}, "compute fp16 runs only on GPUs but resources.gpus is 0"),
 ])
-def test_cli_rejects_bad_config_before_ray_starts(tiny_config, changes, expected):
+def test_cli_rejects_bad_config_before_anything_is_recorded_or_run(tiny_config, changes, expected):
     path, config = tiny_config(**changes)
     result = run_cli("run", str(path), timeout=120)
     assert result.returncode == 2, result.stderr

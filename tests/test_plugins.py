@@ -245,8 +245,8 @@ def test_unknown_pruner_in_config_is_rejected_listing_known_ones(tiny_config, ca
     known = message.split("known pruners: ")[1]
     assert all(name in known for name in BUILT_INS), message
     # the command line rejects it before any trial starts (no database is created)
-    assert main(["run", str(path)]) == 2
-    assert "shapley" in capsys.readouterr().err
+    result = run_cli("run", str(path), timeout=120)
+    assert result.returncode == 2 and "shapley" in result.stderr
     assert not Path(yaml.safe_load(path.read_text())["database"]).exists()
 
 

@@ -144,23 +144,21 @@ def test_trial_whose_worker_dies_is_retried(tiny_config, tmp_path):
     assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
 
 
-def test_local_ray_cluster_has_the_services_settings(tiny_config, monkeypatch):
+def test_local_ray_cluster_has_the_services_settings(monkeypatch):
     """The coordinator's local cluster preloads sweep_service.worker_preload in its worker
     processes, so that a worker's first trial does not pay for torchvision's and NNI's
     imports; its workers run on tcmalloc where the machine has it (sweep_service.heap); and
     a trial's result, model bytes included, comes back inside the task's reply, not through
     the object store (whose pages would stay in the worker's RSS)."""
     from sweep_service import heap
-    from sweep_service.config import load_config
-    from sweep_service.coordinator import _start_ray
+    from sweep_service.ray_settings import start_ray
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     allocator_env = heap.allocator_env({})
-    # _start_ray sets them for the workers
+    # start_ray sets them for the workers
     for name in ("SWEEP_PLUGINS_DIR", "PYTHONWARNINGS", "LD_PRELOAD", *allocator_env):
         monkeypatch.setenv(name, os.environ.get(name, ""))
-    path, _ = tiny_config()
-    ray = _start_ray(load_config(path))
+    ray = start_ray()
     try:
         @ray.remote(num_cpus=1)
         def allocator() -> str:
