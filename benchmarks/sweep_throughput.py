@@ -5,8 +5,9 @@
    random tensors already in memory, same batch sizes, step counts and threads per
    trial), packed onto the same number of parallel slots. Efficiency = ideal / wall.
    The host's speed drifts by tens of percent over minutes, so the service and the ideal
-   are each run twice in the order service, ideal, ideal, service: a steady drift then
-   weighs on both sums alike. Both pairs are reported as well as their sums.
+   are run in rounds of service, ideal, ideal, service (two rounds by default): a steady
+   drift then weighs on both sums alike, and each added round narrows the noise of the
+   rest. Each pair is reported as well as the sums.
 3. The plain reference: the same grid as a sequential script a user of NNI would write
    (benchmarks/plain_reference.py: DataLoader + PIL transforms, one trial at a time).
    Its accuracies are compared with the service's, trial by trial, against the noise of
@@ -16,7 +17,7 @@
    matmul peak, for information.
 5. A table on stdout and every figure as JSON (default: artifacts/benchmark.json).
 
-    python benchmarks/sweep_throughput.py [--out FILE] [--workdir DIR]
+    python benchmarks/sweep_throughput.py [--rounds N] [--out FILE] [--workdir DIR]
 """
 from __future__ import annotations
 
@@ -219,54 +220,65 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "artifacts" / "benchmark.json")
     parser.add_argument("--workdir", type=Path, help="keep the run's files here (default: a temp folder)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="rounds of service, ideal, ideal, service (default: 2, about 9 min each here)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sweep-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
 
     from sweep_service import data
 
-    data.prepare("synthetic", workdir / "data")  # shared by both runs, not timed
+    data.prepare("synthetic", workdir / "data")  # shared by every run, not timed
     print(f"benchmark grid: {len(GRID['models'])} models x {len(GRID['pruners'])} pruners x "
           f"{len(GRID['rates'])} rates + baselines, {GRID['train_subset']} train / {GRID['test_subset']} "
           f"test images at 32 px, {SLOTS} slots of {GRID['resources']['cpus']} CPU", flush=True)
     # The machine's speed, probed between the parts: the ratios compare parts run minutes
     # apart, so they only hold if it stayed steady (on shared hosts it may not).
     probes = {"before service 1": matmul_peak_gflops(SLOTS)}
-    print("1/6 service, first run ...", flush=True)
-    first = run_service(workdir, "service-1")
-    probes["after service 1"] = matmul_peak_gflops(SLOTS)
-    print(f"    {first['wall_s']:.1f} s\n2/6 ideal, first measurement ...", flush=True)
-    ideals = [measure_ideal(first["rows"])]
-    probes["after ideal 1"] = matmul_peak_gflops(SLOTS)
-    print(f"    {ideals[0]['wall_s']:.1f} s\n3/6 ideal, second measurement ...", flush=True)
-    ideals.append(measure_ideal(first["rows"]))
-    probes["after ideal 2"] = matmul_peak_gflops(SLOTS)
-    print(f"    {ideals[1]['wall_s']:.1f} s\n4/6 service, second run ...", flush=True)
-    second = run_service(workdir, "service-2")
-    probes["after service 2"] = matmul_peak_gflops(SLOTS)
-    print(f"    {second['wall_s']:.1f} s\n5/6 plain reference ...", flush=True)
+    order = "SIIS" * args.rounds
+    steps = len(order) + 2
+    runs: list[dict] = []
+    ideals: list[dict] = []
+    for step, part in enumerate(order, start=1):
+        if part == "S":
+            label = f"service {len(runs) + 1}"
+            print(f"{step}/{steps} {label} ...", flush=True)
+            runs.append(run_service(workdir, label.replace(" ", "-")))
+            wall = runs[-1]["wall_s"]
+        else:  # on the models and formats of the service run just before
+            label = f"ideal {len(ideals) + 1}"
+            print(f"{step}/{steps} {label} ...", flush=True)
+            ideals.append(measure_ideal(runs[-1]["rows"]))
+            wall = ideals[-1]["wall_s"]
+        probes[f"after {label}"] = matmul_peak_gflops(SLOTS)
+        print(f"    {wall:.1f} s", flush=True)
+    first = runs[0]
+    print(f"{steps - 1}/{steps} plain reference ...", flush=True)
     reference = run_reference(workdir, first["rows"])
     probes["after reference"] = matmul_peak_gflops(SLOTS)
-    print(f"    {reference['wall_s']:.1f} s\n6/6 accuracy noise: replicate seeds in both pipelines ...", flush=True)
+    print(f"    {reference['wall_s']:.1f} s\n{steps}/{steps} accuracy noise: replicate seeds in both pipelines ...",
+          flush=True)
     noise = measure_seed_noise(GRID, workdir, first["rows"], SLOTS)
 
-    runs = (first, second)
     service_wall = statistics.mean(r["wall_s"] for r in runs)
     ideal_wall = statistics.mean(i["wall_s"] for i in ideals)
-    second_rows = {row["key"]: row for row in second["rows"]}
+    rows_by_key = [{row["key"]: row for row in r["rows"]} for r in runs]
     trials = []
     for row in first["rows"]:
-        both = (row, second_rows[row["key"]])
-        phases = {p: statistics.mean(r[f"time_{p}_s"] or 0.0 for r in both) for p in PHASES}
-        total = statistics.mean(r["time_total_s"] for r in both)
+        each = [by_key[row["key"]] for by_key in rows_by_key]
+        phases = {p: statistics.mean(r[f"time_{p}_s"] or 0.0 for r in each) for p in PHASES}
+        total = statistics.mean(r["time_total_s"] for r in each)
         arithmetic = phases["finetune"] + phases["eval"]
         epochs = GRID["baseline_epochs"] if row["kind"] == "baseline" else GRID["finetune_epochs"]
         forward_flops = 2 * row["macs_after"]
         flops = forward_flops * (3 * GRID["train_subset"] * epochs + GRID["test_subset"])
         trials.append(dict(model=row["model"], pruner=row["pruner"], rate=row["rate"], accuracy=row["accuracy"],
-                           accuracy_second_run=both[1]["accuracy"], total_s=total, phases_s=phases,
+                           accuracy_runs=[r["accuracy"] for r in each], total_s=total, phases_s=phases,
                            overhead=1 - arithmetic / total,
                            ideal_s=statistics.mean(i["per_trial_s"][row["key"]] for i in ideals),
+                           ideal_measurements_s=[i["per_trial_s"][row["key"]] for i in ideals],
                            forward_mflops_per_image=forward_flops / 1e6,
                            train_mflops_per_image=3 * forward_flops / 1e6, gflop=flops / 1e9))
     reference_acc = {(t["model"], t["pruner"], round(t["rate"], 3)): t["accuracy"] for t in reference["trials"]}
@@ -283,7 +295,7 @@ def main() -> None:
         ideal_wall_s=ideal_wall, ideal_measurements_wall_s=[i["wall_s"] for i in ideals],
         reference_wall_s=reference["wall_s"],
         speedup_vs_reference=reference["wall_s"] / service_wall,
-        # Sums over the service, ideal, ideal, service order (see the module docstring).
+        # Sums over the rounds of service, ideal, ideal, service (see the module docstring).
         sweep_efficiency=ideal_wall / service_wall,
         sweep_efficiency_pairs=[i["wall_s"] / r["wall_s"] for i, r in zip(ideals, runs)],
         overhead_fraction_total=overhead_total,
@@ -297,10 +309,10 @@ def main() -> None:
         # whatever the number of its trials; sd is measured by the replicate seeds.
         accuracy_diff_noise=noise["sd"] * math.sqrt(2 / len(GRID["models"])),
         accuracy_seed_noise=noise,
-        accuracy_between_service_runs_abs_max=max(abs(t["accuracy"] - t["accuracy_second_run"]) for t in trials),
+        accuracy_between_service_runs_abs_max=max(max(t["accuracy_runs"]) - min(t["accuracy_runs"]) for t in trials),
         achieved_gflops=total_gflop / service_wall,
         matmul_peak_gflops=max(probes.values()), machine_speed_probes_gflops=probes,
-        allocators={"service workers": sorted({r["allocator"] for r in first["rows"] + second["rows"]}),
+        allocators={"service workers": sorted({row["allocator"] for r in runs for row in r["rows"]}),
                     "ideal": sorted({a for i in ideals for a in i["allocators"]})},
         worker_rss={f"run {n} worker {pid}": growth for n, r in enumerate(runs, start=1)
                     for pid, growth in _rss_growth(r["rows"]).items()},
@@ -312,21 +324,24 @@ def main() -> None:
     print(f"\nfigures: {args.out}")
 
 
+def _listed(seconds: list[float]) -> str:
+    return ", ".join(f"{s:.1f}" for s in seconds[:-1]) + f" and {seconds[-1]:.1f}" if len(seconds) > 1 else f"{seconds[0]:.1f}"
+
+
 def print_table(f: dict) -> None:
     print(f"\n{'trial':<28}{'acc':>6}" + "".join(f"{p:>9}" for p in PHASES) + f"{'total':>8}{'ideal':>8}{'ovh':>6}{'MFLOP/img':>11}")
     for t in f["trials"]:
         label = f"{t['model']} {t['pruner']} {t['rate']:.0%}" if t["pruner"] != "none" else f"{t['model']} baseline"
         print(f"{label:<28}{t['accuracy']:>6.1%}" + "".join(f"{t['phases_s'][p]:>9.2f}" for p in PHASES)
               + f"{t['total_s']:>8.1f}{t['ideal_s']:>8.1f}{t['overhead']:>6.1%}{t['forward_mflops_per_image']:>11.1f}")
-    print("\n(phases: mean of the two service runs; ideal: mean of the two measurements)")
     runs, ideals = f["service_runs_wall_s"], f["ideal_measurements_wall_s"]
-    print(f"wall time: service {f['service_wall_s']:.1f} s (runs {runs[0]:.1f} and {runs[1]:.1f}), plain reference "
-          f"{f['reference_wall_s']:.1f} s, ideal {f['ideal_wall_s']:.1f} s on {f['slots']} slots "
-          f"({ideals[0]:.1f} and {ideals[1]:.1f})")
+    print(f"\n(phases: mean of the {len(runs)} service runs; ideal: mean of the {len(ideals)} measurements)")
+    print(f"wall time: service {f['service_wall_s']:.1f} s (runs {_listed(runs)}), plain reference "
+          f"{f['reference_wall_s']:.1f} s, ideal {f['ideal_wall_s']:.1f} s on {f['slots']} slots ({_listed(ideals)})")
     print("C heap allocator: " + ", ".join(f"{who} {' + '.join(names)}" for who, names in f["allocators"].items()))
     pairs = f["sweep_efficiency_pairs"]
-    print(f"sweep efficiency: {f['sweep_efficiency']:.3f} over both pairs; service 1 with ideal 1 {pairs[0]:.3f}, "
-          f"service 2 with ideal 2 {pairs[1]:.3f}")
+    print(f"sweep efficiency: {f['sweep_efficiency']:.3f} over all {len(pairs)} pairs; "
+          + ", ".join(f"service {n} with ideal {n} {pair:.3f}" for n, pair in enumerate(pairs, start=1)))
     for n, t in enumerate(f["service_timelines"], start=1):
         print(f"service run {n}: {t['before_first_trial_s']:.1f} s to the first dispatch, {t['trials_s']:.1f} s of "
               f"trials (slots idle {t['slots_idle_fraction']:.1%}), {t['after_last_trial_s']:.1f} s after the last result")
@@ -334,7 +349,7 @@ def print_table(f: dict) -> None:
     print(f"accuracy: service mean {f['accuracy_service_mean']:.1%}, reference mean {f['accuracy_reference_mean']:.1%}; "
           f"pruned trials (same starting weights), paired difference {f['accuracy_diff_mean']:+.2%} (largest single "
           f"{f['accuracy_diff_abs_max']:.1%}) against a noise of ±{2 * f['accuracy_diff_noise']:.2%} (2 SD of the mean "
-          f"of {len(GRID['models'])} models' draws); the two service runs differ by at most "
+          f"of {len(GRID['models'])} models' draws); the service runs differ by at most "
           f"{f['accuracy_between_service_runs_abs_max']:.2%}")
     print(f"accuracy noise, {n['pruner']} {n['rate']:.0%} from each baseline, seeds {n['seeds']} in both pipelines: "
           f"one trial's SD {n['sd']:.2%}; " + "; ".join(
