@@ -286,12 +286,18 @@ def main() -> None:
     # pipeline trains its own baseline from scratch.
     diffs = [t["accuracy"] - reference_acc[(t["model"], t["pruner"], round(t["rate"], 3))]
              for t in trials if t["pruner"] != "none"]
+    # Each run's fine-tuning and evaluation against the same trials' ideal: near 1 when the
+    # host kept its speed; a run the host slowed down shows it here, not only in its wall time.
+    ideal_sum = sum(t["ideal_s"] for t in trials)
+    arithmetic_vs_ideal = [sum((row["time_finetune_s"] or 0.0) + (row["time_eval_s"] or 0.0) for row in r["rows"])
+                           / ideal_sum for r in runs]
     total_gflop = sum(t["gflop"] for t in trials)
     overhead_total = 1 - sum(t["phases_s"]["finetune"] + t["phases_s"]["eval"] for t in trials) / sum(t["total_s"] for t in trials)
     figures = dict(
         grid=GRID, slots=SLOTS,
         service_wall_s=service_wall, service_runs_wall_s=[r["wall_s"] for r in runs],
         service_timelines=[r["timeline"] for r in runs],
+        service_arithmetic_vs_ideal=arithmetic_vs_ideal,
         ideal_wall_s=ideal_wall, ideal_measurements_wall_s=[i["wall_s"] for i in ideals],
         reference_wall_s=reference["wall_s"],
         speedup_vs_reference=reference["wall_s"] / service_wall,
@@ -342,9 +348,10 @@ def print_table(f: dict) -> None:
     pairs = f["sweep_efficiency_pairs"]
     print(f"sweep efficiency: {f['sweep_efficiency']:.3f} over all {len(pairs)} pairs; "
           + ", ".join(f"service {n} with ideal {n} {pair:.3f}" for n, pair in enumerate(pairs, start=1)))
-    for n, t in enumerate(f["service_timelines"], start=1):
+    for n, (t, arithmetic) in enumerate(zip(f["service_timelines"], f["service_arithmetic_vs_ideal"]), start=1):
         print(f"service run {n}: {t['before_first_trial_s']:.1f} s to the first dispatch, {t['trials_s']:.1f} s of "
-              f"trials (slots idle {t['slots_idle_fraction']:.1%}), {t['after_last_trial_s']:.1f} s after the last result")
+              f"trials (slots idle {t['slots_idle_fraction']:.1%}), {t['after_last_trial_s']:.1f} s after the last "
+              f"result; its fine-tuning and evaluation took {arithmetic - 1:+.1%} over the ideal's")
     n = f["accuracy_seed_noise"]
     print(f"accuracy: service mean {f['accuracy_service_mean']:.1%}, reference mean {f['accuracy_reference_mean']:.1%}; "
           f"pruned trials (same starting weights), paired difference {f['accuracy_diff_mean']:+.2%} (largest single "
