@@ -33,8 +33,6 @@ class NNIPruner(PrunerPlugin):
 
     def masks(self, model: nn.Module, rate: float, layers: list[str], data: Batches | None) -> Masks:
         with quiet_nni():
-            import nni.compression.pruning as nni_pruning
-
             pruner_cls = pruner_class(self.nni_pruner)
             config_list = [{"op_names": list(layers), "sparse_ratio": rate, **self.nni_config}]
             kwargs = dict(self.nni_kwargs)
