@@ -304,8 +304,8 @@ def main() -> None:
         # Sums over the rounds of service, ideal, ideal, service (see the module docstring).
         sweep_efficiency=ideal_wall / service_wall,
         sweep_efficiency_pairs=[i["wall_s"] / r["wall_s"] for i, r in zip(ideals, runs)],
-        # For information, not the check: each pair's ratio had the host run the service's
-        # arithmetic at the speed it ran the ideal's (the whole wall scaled by that drift).
+        # For information, not the check: each pair's ratio as it would read had the host run
+        # the service's arithmetic at the speed it ran the ideal's (the wall scaled by that drift).
         sweep_efficiency_pairs_drift_adjusted=[i["wall_s"] / r["wall_s"] * a
                                                for i, r, a in zip(ideals, runs, arithmetic_vs_ideal)],
         overhead_fraction_total=overhead_total,
