@@ -9,6 +9,7 @@ import sqlite3
 from collections import defaultdict
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -149,7 +150,9 @@ def test_local_ray_cluster_has_the_services_settings(monkeypatch):
     processes, so that a worker's first trial does not pay for torchvision's and NNI's
     imports; its workers run on tcmalloc where the machine has it (sweep_service.heap); and
     a trial's result, model bytes included, comes back inside the task's reply, not through
-    the object store (whose pages would stay in the worker's RSS)."""
+    the object store (whose pages would stay in the worker's RSS). It runs none of the
+    Python daemons a fixed local cluster without a dashboard has no use for, and leaves
+    no process behind."""
     from sweep_service import heap
     from sweep_service.ray_settings import start_ray
 
@@ -158,8 +161,15 @@ def test_local_ray_cluster_has_the_services_settings(monkeypatch):
     # start_ray sets them for the workers
     for name in ("SWEEP_PLUGINS_DIR", "PYTHONWARNINGS", "LD_PRELOAD", *allocator_env):
         monkeypatch.setenv(name, os.environ.get(name, ""))
+    before = set(psutil.Process().children(recursive=True))
     ray = start_ray()
     try:
+        cluster = [p for p in psutil.Process().children(recursive=True) if p not in before]
+        daemons = " ".join(" ".join(p.cmdline()) for p in cluster)
+        assert "gcs_server" in daemons and "raylet" in daemons and "dashboard/agent.py" in daemons
+        for unused in ("dashboard/dashboard.py", "autoscaler/_private/monitor.py", "log_monitor.py"):
+            assert unused not in daemons
+
         @ray.remote(num_cpus=1)
         def allocator() -> str:
             return heap.allocator()
@@ -183,5 +193,8 @@ def test_local_ray_cluster_has_the_services_settings(monkeypatch):
         result = resnet18_checkpoint_sized.remote()
         assert len(ray.get(result)) == 43 * 2**20
         assert ray.experimental.get_object_locations([result])[result]["node_ids"] == []  # on no node's store
+        cluster = [p for p in psutil.Process().children(recursive=True) if p not in before]
     finally:
         ray.shutdown()
+    _, alive = psutil.wait_procs(cluster, timeout=10)
+    assert not alive, [" ".join(p.cmdline()) for p in alive]
