@@ -270,45 +270,47 @@ def _sweep(config: SweepConfig, ray, *, progress: bool, chart_helper: Executor |
     sweep_id = config.sweep_id()
     prepare_inputs(config)
 
-    store = ResultStore(config.database)
-    store.begin_sweep(sweep_id=sweep_id, name=config.name, config_json=config.to_json(),
-                      dataset=config.dataset, weights=config.weights, versions=library_versions())
-    store.add_trials(sweep_id, specs)
-    store.reset_unfinished(sweep_id)
-    finished = {row["key"]: row for row in store.trials(sweep_id) if row["status"] in (COMPLETED, FAILED)}
-    todo = [s for s in specs if s.key not in finished or finished[s.key]["status"] == FAILED]
-    skipped = len(specs) - len(todo)
-    report_dir = config.output_dir / "report"
-    print(f"sweep {sweep_id}: {len(specs)} trials ({len(config.models)} models x "
-          f"{len(config.pruners)} pruners x {len(config.rates)} rates + baselines), "
-          f"{skipped} already done, {len(todo)} to run; data: {datasets.describe(config.dataset)}, "
-          f"weights: {config.weights}", flush=True)
-    if not todo:
-        return _finish(store, sweep_id, 0, skipped, started, report_dir, [], chart_helper)
-
-    ray = ray or start_ray()
-    stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
-    try:
-        # A live bar only on a terminal; in logs (Docker) each result line says the progress.
-        bar = tqdm(total=len(todo), desc="trials", unit="trial", dynamic_ncols=True,
-                   disable=not (progress and sys.stderr.isatty()))
-        dispatcher = _Dispatcher(ray, config, store, sweep_id, bar)
-        _run_queue(ray, config, dispatcher, todo, finished, report_dir)
-        bar.close()
-        # Nothing more runs on the cluster: it stops (over a second) while the report is drawn.
-        stopping.start()
-        return _finish(store, sweep_id, dispatcher.ran, skipped, started, report_dir, dispatcher.failed,
-                       chart_helper)
-    except KeyboardInterrupt:
+    # Closed before the command ends: its process exits without Python's teardown
+    # (sweep_service.cli.main), and SQLite folds its write-ahead log into the file on close.
+    with ResultStore(config.database) as store:
+        store.begin_sweep(sweep_id=sweep_id, name=config.name, config_json=config.to_json(),
+                          dataset=config.dataset, weights=config.weights, versions=library_versions())
+        store.add_trials(sweep_id, specs)
         store.reset_unfinished(sweep_id)
-        store.end_sweep(sweep_id, "interrupted")
-        refresh_report(config.database, report_dir, sweep_id)
-        raise
-    finally:
-        if stopping.ident is not None:  # started
-            stopping.join()
-        else:
-            ray.shutdown()
+        finished = {row["key"]: row for row in store.trials(sweep_id) if row["status"] in (COMPLETED, FAILED)}
+        todo = [s for s in specs if s.key not in finished or finished[s.key]["status"] == FAILED]
+        skipped = len(specs) - len(todo)
+        report_dir = config.output_dir / "report"
+        print(f"sweep {sweep_id}: {len(specs)} trials ({len(config.models)} models x "
+              f"{len(config.pruners)} pruners x {len(config.rates)} rates + baselines), "
+              f"{skipped} already done, {len(todo)} to run; data: {datasets.describe(config.dataset)}, "
+              f"weights: {config.weights}", flush=True)
+        if not todo:
+            return _finish(store, sweep_id, 0, skipped, started, report_dir, [], chart_helper)
+
+        ray = ray or start_ray()
+        stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+        try:
+            # A live bar only on a terminal; in logs (Docker) each result line says the progress.
+            bar = tqdm(total=len(todo), desc="trials", unit="trial", dynamic_ncols=True,
+                       disable=not (progress and sys.stderr.isatty()))
+            dispatcher = _Dispatcher(ray, config, store, sweep_id, bar)
+            _run_queue(ray, config, dispatcher, todo, finished, report_dir)
+            bar.close()
+            # Nothing more runs on the cluster: it stops while the report is drawn.
+            stopping.start()
+            return _finish(store, sweep_id, dispatcher.ran, skipped, started, report_dir, dispatcher.failed,
+                           chart_helper)
+        except KeyboardInterrupt:
+            store.reset_unfinished(sweep_id)
+            store.end_sweep(sweep_id, "interrupted")
+            refresh_report(config.database, report_dir, sweep_id)
+            raise
+        finally:
+            if stopping.ident is not None:  # started
+                stopping.join()
+            else:
+                ray.shutdown()
 
 def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[TrialSpec],
                finished: dict[str, dict], report_dir: Path) -> None:

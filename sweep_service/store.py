@@ -124,6 +124,17 @@ class ResultStore:
         Base.metadata.create_all(self.engine)
         _add_new_columns(self.engine)
 
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file's connections (the last one to close folds SQLite's write-ahead
+        log into the database file)."""
+        self.engine.dispose()
+
     @classmethod
     def open_existing(cls, path: str | Path) -> "ResultStore":
         if not Path(path).is_file():
