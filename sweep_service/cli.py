@@ -129,11 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, *, exit_process: bool = False) -> int:
     """Run a command; returns its exit code. With `exit_process` (`python -m sweep_service`),
-    a `run` ends its process itself once its output is flushed, without Python's teardown:
-    every file the sweep wrote is closed by then, Ray is stopped, and the chart helper dies
-    with the process (sweep_service.report.helper). The teardown of the modules torch, NNI
-    and Ray leave took 0.25-0.3 s after every sweep here, and waiting for the helper to end
-    another 0.2 s."""
+    a `run` ends its process itself once its output is flushed, without Python's teardown
+    of the modules torch, NNI and Ray leave (0.25-0.3 s after every sweep here): by then
+    every file the sweep wrote is closed, Ray is stopped and the chart helper has ended."""
     with imports_outside_gc():  # the subcommands' modules, torch among them
         parser = build_parser()
     args = parser.parse_args(argv)
