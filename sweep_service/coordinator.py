@@ -146,8 +146,6 @@ class _Dispatcher:
         self.overheads: dict[str, list[float]] = {}  # model -> seconds besides epochs, per pruned trial
         self.computes: dict[str, list[str]] = {}  # baseline key -> formats its trials use or race
         self.failed: list[str] = []
-        # (spec, result, model bytes) taken by wait_one or skip, for record_results
-        self.unrecorded: list[tuple[TrialSpec, dict[str, Any], bytes | None]] = []
         self.ran = 0  # trials that ran (for the summary)
         self.logged = 0  # trials with an outcome, including those skipped as their baseline failed
         self.started = time.time()
@@ -162,10 +160,6 @@ class _Dispatcher:
         self.store.mark_running(self.sweep_id, spec.key)
 
     def wait_one(self) -> TrialSpec:
-        """Wait for the next result and note what choosing the next trials needs (its speed
-        and formats, a baseline's checkpoint). Its model file, database row and log line wait
-        for `record_results`, so that the slot it freed gets its next trial first: they took
-        10-80 ms per trial here, a baseline's 0.3 s."""
         done, _ = self.ray.wait(list(self.in_flight), num_returns=1)
         ref = done[0]
         spec, submitted = self.in_flight.pop(ref)
@@ -176,27 +170,16 @@ class _Dispatcher:
         except Exception as exc:  # the worker died more often than max_retries allows
             result, artifact = {"status": FAILED, "error": f"worker lost: {type(exc).__name__}: {exc}"}, None
         if result["status"] == COMPLETED and artifact is not None:
+            result["artifact_path"] = str(self._save(spec, artifact))
             if spec.kind == BASELINE:
                 self.checkpoints[spec.key] = self.ray.put(artifact)
             self.note_formats(spec, result)
             self.note_speed(spec, result)
-        self.unrecorded.append((spec, result, artifact))
+        self.store.record(self.sweep_id, spec.key, result)
+        self.store.link_baselines(self.sweep_id)
         self.ran += 1
+        self._log(spec, result)
         return spec
-
-    def skip(self, spec: TrialSpec, reason: str) -> None:
-        """Record `spec` as failed without running it (with the next `record_results`)."""
-        self.unrecorded.append((spec, {"status": FAILED, "error": reason}, None))
-
-    def record_results(self) -> None:
-        """Save the models, database rows and log lines of the results taken so far."""
-        while self.unrecorded:
-            spec, result, artifact = self.unrecorded.pop(0)
-            if result["status"] == COMPLETED and artifact is not None:
-                result["artifact_path"] = str(self._save(spec, artifact))
-            self.store.record(self.sweep_id, spec.key, result)
-            self.store.link_baselines(self.sweep_id)
-            self._log(spec, result)
 
     def note_formats(self, spec: TrialSpec, result: dict[str, Any]) -> None:
         """Keep the compute formats a model's pruned trials use: its baseline's fastest and
@@ -307,7 +290,6 @@ def _sweep(config: SweepConfig, ray, *, progress: bool, chart_helper: Executor |
 
         ray = ray or start_ray()
         stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
-        dispatcher: _Dispatcher | None = None
         try:
             # A live bar only on a terminal; in logs (Docker) each result line says the progress.
             bar = tqdm(total=len(todo), desc="trials", unit="trial", dynamic_ncols=True,
@@ -320,8 +302,6 @@ def _sweep(config: SweepConfig, ray, *, progress: bool, chart_helper: Executor |
             return _finish(store, sweep_id, dispatcher.ran, skipped, started, report_dir, dispatcher.failed,
                            chart_helper)
         except KeyboardInterrupt:
-            if dispatcher is not None:
-                dispatcher.record_results()  # the results already in
             store.reset_unfinished(sweep_id)
             store.end_sweep(sweep_id, "interrupted")
             refresh_report(config.database, report_dir, sweep_id)
@@ -364,7 +344,6 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
     while ready or waiting or dispatcher.in_flight:
         slots = _slots(ray, config)
         if slots == 0 and not dispatcher.in_flight:
-            dispatcher.record_results()
             if time.time() - waited_since > WORKER_WAIT_S:
                 raise SweepAborted(f"no Ray node offers {config.resources.cpus} CPU(s) "
                                    f"{'and %s GPU(s) ' % config.resources.gpus if config.resources.gpus else ''}"
@@ -377,7 +356,6 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
         waiting_for_workers = False
         while ready and len(dispatcher.in_flight) < max(slots, 1):
             dispatcher.submit(ready.pop(dispatcher.next_trial(ready, max(slots, 1), last_ones=not waiting)))
-        dispatcher.record_results()
         if not dispatcher.in_flight:
             break
         # Redrawn while trials run, not between a result and the next submission.
@@ -397,8 +375,9 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
                 ready.extend(children)
             else:
                 for child in children:
-                    dispatcher.skip(child, f"baseline of {spec.model} failed; trial not run")
-    dispatcher.record_results()
+                    dispatcher.store.record(dispatcher.sweep_id, child.key, {
+                        "status": FAILED, "error": f"baseline of {spec.model} failed; trial not run"})
+                    dispatcher._log(child, {"status": FAILED, "error": "baseline failed"})
 
 def refresh_report(database: Path, report_dir: Path, sweep_id: str, helper: Executor | None = None) -> Path | None:
     """Rewrite the report; a report problem is logged, never the end of a sweep."""
