@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -127,3 +128,29 @@ def test_grouped_conv_replacement_matches_nni(groups, in_kept, out_kept):
     assert (found.in_channels, found.out_channels, found.groups) == (expected.in_channels, expected.out_channels,
                                                                      expected.groups)
     assert torch.equal(found.weight, expected.weight) and torch.equal(found.bias, expected.bias)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_in_memory_speedup_matches_nni(name):
+    """speedup_in_memory keeps the weights in memory where NNI's speedup_model writes them to
+    a file: the same pruned model, weight for weight."""
+    from nni.compression.speedup import ModelSpeedup
+
+    from sweep_service.pruning import speedup_in_memory
+
+    torch.manual_seed(0)
+    model = create_model(name, weights="none").eval()
+    layers = select_layers(model, name, DEFAULT_LAYERS)
+    masks = get_plugin("l1norm").create().masks(copy.deepcopy(model), 0.5, layers, None)
+    dummy = torch.rand(1, 3, 32, 32)
+    results = []
+    for run in (lambda job: job.speedup_model(), speedup_in_memory):
+        pruned = copy.deepcopy(model)
+        job = ModelSpeedup(pruned, dummy, copy.deepcopy(masks), graph_module=torch.fx.symbolic_trace(pruned),
+                           logger=logging.getLogger("sweep_service.speedup"))  # ours: errors only
+        run(job)
+        results.append(pruned.state_dict())
+    nni_weights, ours = results
+    assert list(ours) == list(nni_weights)
+    assert all(torch.equal(ours[k], nni_weights[k]) for k in ours)
+    assert count_params(pruned) < count_params(model)
