@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from PIL import Image
 
@@ -15,6 +18,7 @@ from sweep_service.report.charts import write_atomic
 from sweep_service.report.page import render_page
 from sweep_service.report.results import load_results
 from sweep_service.store import ResultStore
+from tests.conftest import REPO
 
 FAILED = [("googlenet", "fpgm", 0.8), ("densenet121", "l1norm", 0.7)]
 GRID_CHARTS = ["accuracy_vs_rate.png", "param_reduction_vs_rate.png", "accuracy_vs_parameters.png",
@@ -79,6 +83,24 @@ def test_a_helper_process_draws_every_other_chart_to_the_same_pixels(reference, 
     # A helper that is gone changes nothing but the time: every chart is drawn here.
     assert [c.filename for c in charts.render_charts(results, tmp_path / "gone", helper)] == names
     assert sorted(p.name for p in (tmp_path / "gone").glob("*.png")) == sorted(names)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the helper dies with its parent on Linux")
+def test_the_helper_process_dies_with_a_killed_coordinator():
+    """A coordinator killed mid-sweep (SIGKILL: no cleanup of its own) leaves no helper."""
+    script = ("import os, sys, time\n"
+              "from sweep_service.report.helper import start_chart_helper\n"
+              "helper = start_chart_helper()\n"
+              "print(helper.submit(os.getpid).result(), flush=True)\n"
+              "time.sleep(600)\n")
+    coordinator = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        helper = psutil.Process(int(coordinator.stdout.readline()))
+        assert helper.is_running() and helper.ppid() == coordinator.pid
+    finally:
+        coordinator.kill()
+        coordinator.wait()
+    helper.wait(timeout=10)  # psutil.TimeoutExpired if it outlived its parent
 
 
 def test_full_grid_renders_in_seconds_with_every_chart(reference):
