@@ -27,6 +27,7 @@ from model_zoo._registry import fetch_imagenet_weights
 from sweep_service import data as datasets
 from sweep_service.compute import contenders
 from sweep_service.config import SweepConfig
+from sweep_service.files import write_atomic
 from sweep_service.grid import BASELINE, COMPLETED, FAILED, TrialSpec, expand
 from sweep_service.plugins import plugins_dir
 from sweep_service.quiet import silence_libraries
@@ -226,9 +227,7 @@ class _Dispatcher:
     def _save(self, spec: TrialSpec, artifact: bytes) -> Path:
         stem = f"{spec.model}-baseline" if spec.kind == BASELINE else f"{spec.model}-{spec.pruner}-{spec.rate:.2f}"
         path = self.models_dir / f"{stem}-{spec.key}.pt"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(artifact)
-        tmp.replace(path)
+        write_atomic(path, artifact, cached=False)  # nothing here reads it back
         return path
 
     def _log(self, spec: TrialSpec, result: dict[str, Any]) -> None:

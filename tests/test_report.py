@@ -14,7 +14,6 @@ from PIL import Image
 from seed_db import REFERENCE_MODELS, figures, keep_report, parse_page, seed_sweep, seeded_copy
 from sweep_service.cli import main
 from sweep_service.report import charts, write_report
-from sweep_service.report.charts import write_atomic
 from sweep_service.report.page import render_page
 from sweep_service.report.results import load_results
 from sweep_service.store import ResultStore
@@ -264,22 +263,6 @@ def test_constraints_in_the_config_give_a_recommendation(tmp_path):
     html = render_page(load_results(db2), [], tmp_path)
     assert "No completed trial meets every limit" in html
     assert "The limit that excludes most: <b>parameters &lt;= 1 k</b>" in html
-
-
-def test_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
-    target = tmp_path / "index.html"
-    target.write_text("old page")
-    write_atomic(target, b"new page")
-    assert target.read_text() == "new page" and oct(target.stat().st_mode & 0o777) == "0o644"
-
-    def crash(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr("os.replace", crash)
-    with pytest.raises(OSError):
-        write_atomic(target, b"half")
-    assert target.read_text() == "new page"  # a reader still sees the whole old file
-    assert [p.name for p in tmp_path.iterdir()] == ["index.html"]  # no temporary file left
 
 
 def test_cli_report_defaults_to_the_sweeps_output_dir(tmp_path, capsys):

@@ -16,9 +16,7 @@ import io
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from matplotlib.patches import Patch
 from matplotlib.transforms import Bbox
 from matplotlib.ticker import FuncFormatter, LogFormatter, PercentFormatter
 
+from sweep_service.files import write_atomic
 from sweep_service.grid import BASELINE, PRUNED
 from sweep_service.report import fmt
 from sweep_service.report.results import COST_NAMES, SweepResults, pareto_front, trial_label
@@ -450,16 +449,3 @@ def _draw(results: SweepResults, chart: Chart, draw: Callable[[], Figure], out: 
         path.unlink(missing_ok=True)
         return False
     return True
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` in one step (readers see the old or the new file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
