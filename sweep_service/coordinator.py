@@ -32,6 +32,7 @@ from sweep_service.grid import BASELINE, COMPLETED, FAILED, TrialSpec, expand
 from sweep_service.plugins import plugins_dir
 from sweep_service.quiet import silence_libraries
 from sweep_service.ray_settings import start_ray
+from sweep_service.startup import imports_outside_gc
 from sweep_service.store import ResultStore
 from sweep_service.trial import run_on_worker
 from sweep_service.versions import library_versions
@@ -340,6 +341,7 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
     report_interval = max(REPORT_INTERVAL_S, report_cost / REPORT_CPU_SHARE)
     waited_since = time.time()
     waiting_for_workers = False
+    report_imports = None
     while ready or waiting or dispatcher.in_flight:
         slots = _slots(ray, config)
         if slots == 0 and not dispatcher.in_flight:
@@ -357,6 +359,9 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
             dispatcher.submit(ready.pop(dispatcher.next_trial(ready, max(slots, 1), last_ones=not waiting)))
         if not dispatcher.in_flight:
             break
+        if not (ready or waiting) and len(dispatcher.in_flight) < slots and report_imports is None:
+            report_imports = threading.Thread(target=_import_report_code, name="report-imports", daemon=True)
+            report_imports.start()
         # Redrawn while trials run, not between a result and the next submission.
         core_free = (not waiting and len(dispatcher.in_flight) < slots
                      and max(dispatcher.seconds_left(), default=0.0) > report_cost)
@@ -377,6 +382,14 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
                     dispatcher.store.record(dispatcher.sweep_id, child.key, {
                         "status": FAILED, "error": f"baseline of {spec.model} failed; trial not run"})
                     dispatcher._log(child, {"status": FAILED, "error": "baseline failed"})
+
+def _import_report_code() -> None:
+    """Import the report's modules (matplotlib among them: 0.65-0.7 s here), on a thread,
+    once the last trials run and a core is free: the final report, drawn after the last
+    result, then no longer waits for them."""
+    with imports_outside_gc():
+        import sweep_service.report.page  # noqa: F401
+
 
 def refresh_report(database: Path, report_dir: Path, sweep_id: str, helper: Executor | None = None) -> Path | None:
     """Rewrite the report; a report problem is logged, never the end of a sweep."""
