@@ -1,11 +1,14 @@
 """A whole sweep through the CLI on a local Ray cluster, then a resume, then a worker
-that dies mid-trial. Real NNI pruning and speedup, real SQLite, the real CIFAR-10
-reader on generated files."""
+that dies mid-trial and one killed under a baseline. Real NNI pruning and speedup, real
+SQLite, the real CIFAR-10 reader on generated files."""
 from __future__ import annotations
 
 import json
 import os
 import sqlite3
+import subprocess
+import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 import torch
 
 from sweep_service.compute import candidates, contenders
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -143,6 +146,43 @@ def test_trial_whose_worker_dies_is_retried(tiny_config, tmp_path):
     assert marker.read_text() == "died"
     rows = _rows(Path(config["database"]))
     assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
+
+
+def test_trials_of_a_failed_baseline_are_recorded_as_failed_without_running(tiny_config):
+    """The baseline's worker is killed (as the OOM killer would) with no retry left: its
+    pruned trials, which start from its checkpoint, fail with the reason, unrun."""
+    path, config = tiny_config(name="lost", pruners=["l1norm"], rates=[0.5], baseline_epochs=20,
+                               max_retries=0)
+    sweep = subprocess.Popen([sys.executable, "-m", "sweep_service", "run", str(path)], cwd=REPO,
+                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        baseline_worker = _worker_running_a_trial(psutil.Process(sweep.pid), within_s=120)
+        baseline_worker.kill()
+        out, err = sweep.communicate(timeout=300)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, out + err  # failed trials are results, not errors
+    rows = {r["kind"]: r for r in _rows(Path(config["database"]))}
+    assert rows["baseline"]["status"] == "failed" and "worker lost" in rows["baseline"]["error"]
+    pruned = rows["pruned"]
+    assert pruned["status"] == "failed" and pruned["error"] == "baseline of resnet18 failed; trial not run"
+    assert pruned["attempts"] == 0 and pruned["started_at"] is None
+    assert "2 failed" in out
+
+
+def _worker_running_a_trial(coordinator: psutil.Process, within_s: float) -> psutil.Process:
+    """The Ray worker process of the coordinator's cluster that runs a trial, once one does
+    (Ray titles a worker process after the task it runs)."""
+    deadline = time.time() + within_s
+    while time.time() < deadline:
+        for process in coordinator.children(recursive=True):
+            try:
+                if process.cmdline()[:1] == ["ray::run_on_worker"]:
+                    return process
+            except psutil.Error:
+                pass
+        time.sleep(0.2)
+    raise AssertionError("no Ray worker started a trial")
 
 
 def test_local_ray_cluster_has_the_services_settings(monkeypatch):
