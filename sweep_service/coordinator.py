@@ -183,6 +183,12 @@ class _Dispatcher:
         self._log(spec, result)
         return spec
 
+    def skip(self, spec: TrialSpec, reason: str) -> None:
+        """Record `spec` as failed without running it."""
+        result = {"status": FAILED, "error": reason}
+        self.store.record(self.sweep_id, spec.key, result)
+        self._log(spec, result)
+
     def note_formats(self, spec: TrialSpec, result: dict[str, Any]) -> None:
         """Keep the compute formats a model's pruned trials use: its baseline's fastest and
         the candidates that came close to it, which those trials race. A format that falls
@@ -379,9 +385,7 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
                 ready.extend(children)
             else:
                 for child in children:
-                    dispatcher.store.record(dispatcher.sweep_id, child.key, {
-                        "status": FAILED, "error": f"baseline of {spec.model} failed; trial not run"})
-                    dispatcher._log(child, {"status": FAILED, "error": "baseline failed"})
+                    dispatcher.skip(child, f"baseline of {spec.model} failed; trial not run")
 
 def _import_report_code() -> None:
     """Import the report's modules (matplotlib among them: 0.65-0.7 s here), on a thread,
