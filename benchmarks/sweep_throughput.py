@@ -276,6 +276,13 @@ def main() -> None:
         flops = forward_flops * (3 * GRID["train_subset"] * epochs + GRID["test_subset"])
         trials.append(dict(model=row["model"], pruner=row["pruner"], rate=row["rate"], accuracy=row["accuracy"],
                            accuracy_runs=[r["accuracy"] for r in each], total_s=total, phases_s=phases,
+                           # Per service run, to tell a slow stretch of the host from a trial
+                           # that raced formats or trained in another one in that run.
+                           arithmetic_runs_s=[(r["time_finetune_s"] or 0.0) + (r["time_eval_s"] or 0.0)
+                                              for r in each],
+                           compute_runs=[r["compute"] for r in each],
+                           compute_race_runs=[json.loads(r["compute_race"]) if r["compute_race"] else None
+                                              for r in each],
                            overhead=1 - arithmetic / total,
                            ideal_s=statistics.mean(i["per_trial_s"][row["key"]] for i in ideals),
                            ideal_measurements_s=[i["per_trial_s"][row["key"]] for i in ideals],
