@@ -7,14 +7,15 @@ mobilenet_v2 548 ms in fp32, 228 ms in fp32 channels-last, 623 ms in bf16 channe
 resnet18 466, 435 and 278 ms. So `compute: auto` races the candidates on the first steps
 of each model's baseline training (FormatRace). The candidates that came close race
 again on the first steps of each pruned trial, since pruning changes the layers' shapes
-and with them the ranking; the others are out for the model's trials. Accuracy is always
-evaluated in fp32, whatever trained the model.
+and with them the ranking; the others are out for the model's trials, and so is a
+candidate that keeps losing (FormatShortlist). Accuracy is always evaluated in fp32,
+whatever trained the model.
 """
 from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -28,6 +29,16 @@ CHOICES = tuple(f"{d}{layout}" for d in DTYPES for layout in ("", CHANNELS_LAST)
 # models channels-last was 3-26 % faster than fp32; mobilenet_v2's losers cost 1.7-2.3x
 # its winner and stay out.
 CONTENDER_MARGIN = 0.25
+# A candidate that has lost this many of a model's races in a row, the baseline's included,
+# is out for the model's later trials however close it came. On the benchmark grid,
+# resnet18's fp32 channels-last stayed within the margin of bf16 channels-last in every
+# pruned trial of one run (14-23 % slower, after winning the first race) and raced in all
+# nine. Racing it cost 0.04-0.07 s a trial here (the first 8 steps of ten freshly pruned
+# resnet18s against their neighbours trained in bf16 channels-last alone: median 0.035 s,
+# mean 0.066 s of CPU), well under 1 % of a trial, but paid by every trial of every model
+# in such a tie. A format that is faster at some shapes wins some races, which ends its
+# streak.
+RACES_LOST_TO_DROP = 3
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,28 @@ def contenders(timings: dict[str, float], among: list[str] | None = None) -> lis
     if among is None:
         return close
     return [name for name in close if name in among] or close
+
+
+@dataclass
+class FormatShortlist:
+    """The formats a model's pruned trials train in: one, or those that race again on each
+    trial's first steps. Each race of the model's trials narrows it (see `note_race`)."""
+
+    formats: list[str] = field(default_factory=list)
+    races_lost: dict[str, int] = field(default_factory=dict)  # in a row, per format
+
+    def note_race(self, timings: dict[str, float]) -> None:
+        """Keep the raced formats close to this race's winner (`contenders`), except those
+        that have now lost RACES_LOST_TO_DROP races in a row."""
+        close = contenders(timings, among=self.formats or None)
+        winner = min(timings, key=timings.get)
+        for name in timings:
+            self.races_lost[name] = 0 if name == winner else self.races_lost.get(name, 0) + 1
+        self.formats = [name for name in close if self.races_lost[name] < RACES_LOST_TO_DROP] or close[:1]
+
+    def note_choice(self, name: str) -> None:
+        """A baseline trained in `name` without a race (a fixed `compute`)."""
+        self.formats = [name]
 
 
 class FormatRace:

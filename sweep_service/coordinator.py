@@ -25,7 +25,7 @@ from tqdm import tqdm
 from model_zoo import WeightsUnavailableError
 from model_zoo._registry import fetch_imagenet_weights
 from sweep_service import data as datasets
-from sweep_service.compute import contenders
+from sweep_service.compute import FormatShortlist
 from sweep_service.config import SweepConfig
 from sweep_service.files import write_atomic
 from sweep_service.grid import BASELINE, COMPLETED, FAILED, TrialSpec, expand
@@ -146,7 +146,7 @@ class _Dispatcher:
         # model -> (share of filters kept, seconds per epoch) of its finished trials
         self.speeds: dict[str, list[tuple[float, float]]] = {}
         self.overheads: dict[str, list[float]] = {}  # model -> seconds besides epochs, per pruned trial
-        self.computes: dict[str, list[str]] = {}  # baseline key -> formats its trials use or race
+        self.computes: dict[str, FormatShortlist] = {}  # baseline key -> formats its trials use or race
         self.failed: list[str] = []
         self.ran = 0  # trials that ran (for the summary)
         self.logged = 0  # trials with an outcome, including those skipped as their baseline failed
@@ -156,7 +156,8 @@ class _Dispatcher:
 
     def submit(self, spec: TrialSpec) -> None:
         checkpoint = self.checkpoints.get(spec.baseline_key) if spec.baseline_key else None
-        computes = self.computes.get(spec.baseline_key, []) if spec.baseline_key else []
+        shortlist = self.computes.get(spec.baseline_key) if spec.baseline_key else None
+        computes = shortlist.formats if shortlist else []
         ref = self.remote.remote(spec, [checkpoint] if checkpoint else [], str(plugins_dir()), computes)
         self.in_flight[ref] = (spec, time.time())
         self.store.mark_running(self.sweep_id, spec.key)
@@ -192,12 +193,13 @@ class _Dispatcher:
     def note_formats(self, spec: TrialSpec, result: dict[str, Any]) -> None:
         """Keep the compute formats a model's pruned trials use: its baseline's fastest and
         the candidates that came close to it, which those trials race. A format that falls
-        out of reach in a pruned trial's race is out for the model's later trials."""
+        out of reach in a pruned trial's race, or keeps losing, is out for the model's later
+        trials (FormatShortlist)."""
         key = spec.key if spec.kind == BASELINE else spec.baseline_key
         if result.get("compute_race"):
-            self.computes[key] = contenders(json.loads(result["compute_race"]), among=self.computes.get(key))
+            self.computes.setdefault(key, FormatShortlist()).note_race(json.loads(result["compute_race"]))
         elif spec.kind == BASELINE and result.get("compute"):
-            self.computes[key] = [result["compute"]]
+            self.computes.setdefault(key, FormatShortlist()).note_choice(result["compute"])
 
     def note_speed(self, spec: TrialSpec, result: dict[str, Any]) -> None:
         seconds = (result.get("time_finetune_s") or 0.0) + (result.get("time_eval_s") or 0.0)
@@ -333,12 +335,13 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
         extra = [s for s in expand(config) if s.key in missing]
         todo = extra + todo
         dispatcher.bar.total += len(extra)
-    # Baselines first: their formats are what their trials' races narrow down.
-    for row in sorted(finished.values(), key=lambda row: row["kind"] != BASELINE):
-        if row["status"] == COMPLETED:
-            spec = TrialSpec.from_json(row["spec_json"])
-            dispatcher.note_speed(spec, row)
-            dispatcher.note_formats(spec, row)
+    # Baselines first, then in the order they finished: each race narrows down the formats
+    # that the races before it left.
+    completed = [row for row in finished.values() if row["status"] == COMPLETED]
+    for row in sorted(completed, key=lambda row: (row["kind"] != BASELINE, row["finished_at"])):
+        spec = TrialSpec.from_json(row["spec_json"])
+        dispatcher.note_speed(spec, row)
+        dispatcher.note_formats(spec, row)
     ready = [s for s in todo if s.kind == BASELINE or s.baseline_key in dispatcher.checkpoints]
     ready_keys = {s.key for s in ready}
     waiting = [s for s in todo if s.key not in ready_keys]

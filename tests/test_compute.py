@@ -13,7 +13,9 @@ from sweep_service.compute import (
     CONTENDER_MARGIN,
     FP32,
     Compute,
+    RACES_LOST_TO_DROP,
     FormatRace,
+    FormatShortlist,
     bf16_supported_on_cpu,
     candidates,
     contenders,
@@ -129,6 +131,40 @@ def test_contenders_are_the_formats_close_to_the_fastest_fastest_first():
     assert contenders({"fp32": 0.20, "fp32-channels-last": 0.18}, among=["fp32-channels-last", "bf16-channels-last"]) \
         == ["fp32-channels-last"]
     assert contenders({"fp32": 0.20}, among=["bf16-channels-last"]) == ["fp32"]  # never an empty list
+
+
+def test_a_shortlist_drops_a_close_format_once_it_has_lost_enough_races_in_a_row():
+    shortlist = FormatShortlist()
+    # the baseline's race: fp32 is out of reach, fp32 channels-last close enough to race on
+    shortlist.note_race({"bf16-channels-last": 0.20, "fp32-channels-last": 0.23, "fp32": 0.40})
+    assert shortlist.formats == ["bf16-channels-last", "fp32-channels-last"]
+    # close each time, but always behind: out after its last allowed loss
+    for lost in range(2, RACES_LOST_TO_DROP + 1):
+        shortlist.note_race({"bf16-channels-last": 0.10, "fp32-channels-last": 0.12})
+        expected = ["bf16-channels-last"] + (["fp32-channels-last"] if lost < RACES_LOST_TO_DROP else [])
+        assert shortlist.formats == expected, lost
+    assert shortlist.races_lost == {"bf16-channels-last": 0, "fp32-channels-last": RACES_LOST_TO_DROP, "fp32": 1}
+
+
+def test_a_win_ends_a_formats_losing_streak():
+    shortlist = FormatShortlist()
+    for _ in range(RACES_LOST_TO_DROP - 1):
+        shortlist.note_race({"fp32": 0.20, "fp32-channels-last": 0.22})
+    shortlist.note_race({"fp32": 0.20, "fp32-channels-last": 0.19})  # faster at these shapes
+    assert shortlist.races_lost == {"fp32": 1, "fp32-channels-last": 0}
+    shortlist.note_race({"fp32": 0.20, "fp32-channels-last": 0.21})
+    assert shortlist.formats == ["fp32", "fp32-channels-last"]
+
+
+def test_a_shortlist_is_never_empty_and_a_fixed_choice_replaces_it():
+    shortlist = FormatShortlist(formats=["fp32-channels-last"],
+                                races_lost={"fp32": 0, "fp32-channels-last": RACES_LOST_TO_DROP - 1})
+    # a trial dispatched before fp32 fell out of reach reports a race that fp32 won: the one
+    # format left stays, though this was its last allowed loss
+    shortlist.note_race({"fp32": 0.10, "fp32-channels-last": 0.12})
+    assert shortlist.formats == ["fp32-channels-last"]
+    shortlist.note_choice("fp32-channels-last")
+    assert shortlist.formats == ["fp32-channels-last"]
 
 
 def test_a_cpu_race_times_work_not_waiting_for_a_core():
