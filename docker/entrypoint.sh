@@ -64,10 +64,8 @@ run_head() {
         ray_start head "joined the Ray cluster at $RAY_CLUSTER_ADDRESS (as a node without CPUs)" \
             --address="$RAY_CLUSTER_ADDRESS" --num-cpus=0 --num-gpus=0
     else
-        # The service's Ray settings (sweep_service/ray_settings.py), for every node.
         ray_start head "Ray head up (GCS port 6379, dashboard port 8265)" \
-            --head --port=6379 --num-cpus=0 --num-gpus=0 --dashboard-host=0.0.0.0 --dashboard-port=8265 \
-            --system-config="$(python -m sweep_service.ray_settings)"
+            --head --port=6379 --num-cpus=0 --num-gpus=0 --dashboard-host=0.0.0.0 --dashboard-port=8265
     fi
     # For the healthcheck (compose.yaml): the GCS this node belongs to. A cheap TCP check
     # of it, instead of `ray health-check`, which costs ~1 s of CPU per run.
@@ -89,8 +87,6 @@ run_head() {
 
 run_worker() {
     head=${RAY_HEAD_ADDRESS:-ray-head:6379}
-    # The raylet and the processes it starts for trials run on tcmalloc (sweep_service/heap.py).
-    for setting in $(python -m sweep_service.heap); do export "$setting"; done
     ray_start worker "joined the Ray cluster at $head with ${RAY_WORKER_CPUS:-1} CPU(s), ${RAY_WORKER_GPUS:-0} GPU(s)" \
         --address="$head" --num-cpus="${RAY_WORKER_CPUS:-1}" --num-gpus="${RAY_WORKER_GPUS:-0}"
     # Run trials until the head goes away (the sweep is over: exit 0) or the raylet dies

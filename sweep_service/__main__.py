@@ -2,4 +2,4 @@ import sys
 
 from sweep_service.cli import main
 
-sys.exit(main(exit_process=True))
+sys.exit(main())

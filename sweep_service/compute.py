@@ -85,7 +85,11 @@ FP32 = Compute()
 
 
 def bf16_supported_on_cpu() -> bool:
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether this CPU has native bf16 arithmetic (x86: AVX512-BF16 or AMX; ARM: BF16),
+    without which bf16 autocast is emulated and slower than fp32."""
+    capabilities = torch.cpu.get_capabilities()
+    native = any(capabilities.get(flag, False) for flag in ("avx512_bf16", "amx_bf16", "bf16"))
+    return bool(native and torch.backends.mkldnn.is_available())
 
 
 def candidates(device: torch.device) -> list[Compute]:

@@ -15,7 +15,6 @@ import statistics
 import sys
 import threading
 import time
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ from sweep_service.grid import BASELINE, COMPLETED, FAILED, TrialSpec, expand
 from sweep_service.plugins import plugins_dir
 from sweep_service.quiet import silence_libraries
 from sweep_service.ray_settings import start_ray
-from sweep_service.startup import imports_outside_gc
 from sweep_service.store import ResultStore
 from sweep_service.trial import run_on_worker
 from sweep_service.versions import library_versions
@@ -236,7 +234,7 @@ class _Dispatcher:
     def _save(self, spec: TrialSpec, artifact: bytes) -> Path:
         stem = f"{spec.model}-baseline" if spec.kind == BASELINE else f"{spec.model}-{spec.pruner}-{spec.rate:.2f}"
         path = self.models_dir / f"{stem}-{spec.key}.pt"
-        write_atomic(path, artifact, cached=False)  # nothing here reads it back
+        write_atomic(path, artifact)
         return path
 
     def _log(self, spec: TrialSpec, result: dict[str, Any]) -> None:
@@ -256,22 +254,9 @@ class _Dispatcher:
             self.failed.append(f"{spec.label}: {first_line}")
         self.bar.write(f"{progress:<20} {line}")
 
-def run_sweep(config: SweepConfig, *, ray=None, progress: bool = True,
-              chart_helper: Executor | None = None) -> SweepSummary:
-    """Run (or resume) the sweep `config` describes; returns when no trial is left.
-
-    `ray`: Ray as `start_ray` returned it, if the caller started it already (the command
-    starts it while the config is checked); else Ray starts here once the inputs are there.
-    Either way it is shut down before this returns. `chart_helper`
-    (sweep_service.report.helper) draws half of the final report's charts."""
-    try:
-        return _sweep(config, ray, progress=progress, chart_helper=chart_helper)
-    finally:
-        if ray is not None and ray.is_initialized():  # the sweep ended before its trials
-            ray.shutdown()
-
-
-def _sweep(config: SweepConfig, ray, *, progress: bool, chart_helper: Executor | None) -> SweepSummary:
+def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
+    """Run (or resume) the sweep `config` describes; returns when no trial is left."""
+    ray = None
     started = time.time()
     silence_libraries()
     specs = list(expand(config))
@@ -294,9 +279,9 @@ def _sweep(config: SweepConfig, ray, *, progress: bool, chart_helper: Executor |
               f"{skipped} already done, {len(todo)} to run; data: {datasets.describe(config.dataset)}, "
               f"weights: {config.weights}", flush=True)
         if not todo:
-            return _finish(store, sweep_id, 0, skipped, started, report_dir, [], chart_helper)
+            return _finish(store, sweep_id, 0, skipped, started, report_dir, [])
 
-        ray = ray or start_ray()
+        ray = start_ray()
         stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
         try:
             # A live bar only on a terminal; in logs (Docker) each result line says the progress.
@@ -307,8 +292,7 @@ def _sweep(config: SweepConfig, ray, *, progress: bool, chart_helper: Executor |
             bar.close()
             # Nothing more runs on the cluster: it stops while the report is drawn.
             stopping.start()
-            return _finish(store, sweep_id, dispatcher.ran, skipped, started, report_dir, dispatcher.failed,
-                           chart_helper)
+            return _finish(store, sweep_id, dispatcher.ran, skipped, started, report_dir, dispatcher.failed)
         except KeyboardInterrupt:
             store.reset_unfinished(sweep_id)
             store.end_sweep(sweep_id, "interrupted")
@@ -350,7 +334,6 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
     report_interval = max(REPORT_INTERVAL_S, report_cost / REPORT_CPU_SHARE)
     waited_since = time.time()
     waiting_for_workers = False
-    report_imports = None
     while ready or waiting or dispatcher.in_flight:
         slots = _slots(ray, config)
         if slots == 0 and not dispatcher.in_flight:
@@ -368,9 +351,6 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
             dispatcher.submit(ready.pop(dispatcher.next_trial(ready, max(slots, 1), last_ones=not waiting)))
         if not dispatcher.in_flight:
             break
-        if not (ready or waiting) and len(dispatcher.in_flight) < slots and report_imports is None:
-            report_imports = threading.Thread(target=_import_report_code, name="report-imports", daemon=True)
-            report_imports.start()
         # Redrawn while trials run, not between a result and the next submission.
         core_free = (not waiting and len(dispatcher.in_flight) < slots
                      and max(dispatcher.seconds_left(), default=0.0) > report_cost)
@@ -390,20 +370,12 @@ def _run_queue(ray, config: SweepConfig, dispatcher: _Dispatcher, todo: list[Tri
                 for child in children:
                     dispatcher.skip(child, f"baseline of {spec.model} failed; trial not run")
 
-def _import_report_code() -> None:
-    """Import the report's modules (matplotlib among them: 0.65-0.7 s here), on a thread,
-    once the last trials run and a core is free: the final report, drawn after the last
-    result, then no longer waits for them."""
-    with imports_outside_gc():
-        import sweep_service.report.page  # noqa: F401
-
-
-def refresh_report(database: Path, report_dir: Path, sweep_id: str, helper: Executor | None = None) -> Path | None:
+def refresh_report(database: Path, report_dir: Path, sweep_id: str) -> Path | None:
     """Rewrite the report; a report problem is logged, never the end of a sweep."""
     from sweep_service.report import write_report
 
     try:
-        return write_report(database, report_dir, sweep_id=sweep_id, helper=helper)
+        return write_report(database, report_dir, sweep_id=sweep_id)
     except Exception as exc:
         print(f"warning: could not write the report in {report_dir}: {type(exc).__name__}: {exc}",
               file=sys.stderr)
@@ -411,11 +383,11 @@ def refresh_report(database: Path, report_dir: Path, sweep_id: str, helper: Exec
 
 
 def _finish(store: ResultStore, sweep_id: str, ran: int, skipped: int, started: float,
-            report_dir: Path, failed: list[str], chart_helper: Executor | None) -> SweepSummary:
+            report_dir: Path, failed: list[str]) -> SweepSummary:
     summary = SweepSummary(sweep_id, store.counts(sweep_id), ran, skipped, time.time() - started,
                            failed=failed)
     store.end_sweep(sweep_id, "finished" if summary.ok else "incomplete")
-    summary.report = refresh_report(store.path, report_dir, sweep_id, chart_helper)
+    summary.report = refresh_report(store.path, report_dir, sweep_id)
     print(f"sweep {sweep_id} finished in {summary.wall_s:.0f} s: ran {ran}, skipped {skipped} already done; "
           + ", ".join(f"{n} {status}" for status, n in summary.counts.items()))
     for line in failed:

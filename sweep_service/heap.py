@@ -2,8 +2,9 @@
 for the next training step, and handed back to the OS between trials.
 
 Trial processes run on tcmalloc (gperftools) where the machine has it: `allocator_env` is
-the environment that preloads it, given to the processes that run trials (the local Ray
-cluster, the Docker workers, the benchmark's ideal). glibc's malloc slowed the arithmetic
+the environment that preloads it, given to the Ray worker processes that run trials (through
+the sweep's runtime environment) and to the benchmark's ideal; Ray's own daemons and the
+coordinator keep the system allocator. glibc's malloc slowed the arithmetic
 itself as a worker aged: serving a training step's allocations from a heap that earlier
 trials' pruning, speedup and data had fragmented, it searched its free lists for longer.
 Two Ray actors timing the same training steps side by side, one after running real trials
@@ -97,7 +98,3 @@ def release() -> None:
         _TCMALLOC.MallocExtension_ReleaseFreeMemory()
     elif _LIBC is not None:
         _LIBC.malloc_trim(0)
-
-
-if __name__ == "__main__":  # for shell scripts: `for kv in $(python -m sweep_service.heap); do export "$kv"; done`
-    print(" ".join(f"{key}={value}" for key, value in allocator_env().items()))

@@ -33,7 +33,6 @@ from sweep_service.measure import count_macs, count_params, cpu_latency_ms, seri
 from sweep_service.plugins import get_plugin
 from sweep_service.pruning import check_masks, select_layers, speedup
 from sweep_service.quiet import quiet_nni
-from sweep_service.startup import imports_outside_gc
 from sweep_service.training import evaluate, train
 
 
@@ -63,21 +62,19 @@ class _Phases:
 @functools.lru_cache(maxsize=1)
 def prepare_process() -> float:
     """Once per worker process: keep freed memory in the heap for the next training step
-    (sweep_service.heap), quiet libraries, import torchvision, NNI and torch's FLOP counter
-    (which model building, the data reader, speedup and measuring import on first use), out
-    of the garbage collector's view (sweep_service.startup). Returns the seconds it took.
-    Ray runs it as a worker process starts (sweep_service.worker_preload); else the first
-    trial does."""
+    (sweep_service.heap), quiet libraries, and import what every trial needs (torchvision,
+    NNI, torch's FLOP counter). Ray runs it as a worker process starts (its runtime
+    environment's setup hook, sweep_service.ray_settings); else the first trial does.
+    Returns the seconds it took."""
     start = time.perf_counter()
     heap.keep_freed_memory()
-    with imports_outside_gc():
-        import torch.utils.flop_counter  # noqa: F401
-        import torchvision.datasets  # noqa: F401
-        import torchvision.models  # noqa: F401
+    import torch.utils.flop_counter  # noqa: F401
+    import torchvision.datasets  # noqa: F401
+    import torchvision.models  # noqa: F401
 
-        with quiet_nni():
-            import nni.compression.pruning  # noqa: F401
-            import nni.compression.speedup  # noqa: F401
+    with quiet_nni():
+        import nni.compression.pruning  # noqa: F401
+        import nni.compression.speedup  # noqa: F401
     return time.perf_counter() - start
 
 

@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 from PIL import Image
 
@@ -17,7 +14,6 @@ from sweep_service.report import charts, write_report
 from sweep_service.report.page import render_page
 from sweep_service.report.results import load_results
 from sweep_service.store import ResultStore
-from tests.conftest import REPO
 
 FAILED = [("googlenet", "fpgm", 0.8), ("densenet121", "l1norm", 0.7)]
 GRID_CHARTS = ["accuracy_vs_rate.png", "param_reduction_vs_rate.png", "accuracy_vs_parameters.png",
@@ -53,53 +49,6 @@ def _check_png(path: Path) -> None:
     assert 700 <= width <= 2400 and 450 <= height <= 2000, f"{path.name} is {width}x{height}"
     assert len(colours) > 50, f"{path.name} looks blank"
     assert path.stat().st_size > 20_000
-
-
-def test_a_helper_process_draws_every_other_chart_to_the_same_pixels(reference, tmp_path):
-    from sweep_service.report.helper import start_chart_helper
-
-    class Recording:  # the helper, noting what it was given
-        def __init__(self, executor):
-            self.executor, self.futures = executor, {}
-
-        def submit(self, fn, results, name, out):
-            self.futures[name] = self.executor.submit(fn, results, name, out)
-            return self.futures[name]
-
-    results = load_results(reference["db"], reference["sweep_id"])
-    helper = start_chart_helper()
-    assert helper is not None
-    try:
-        recording = Recording(helper)
-        drawn = charts.render_charts(results, tmp_path / "with-helper", recording)
-    finally:
-        helper.shutdown()
-    names = [c.filename for c in drawn]
-    assert sorted(recording.futures) == sorted(names[1::2])
-    assert all(f.result() is True for f in recording.futures.values())  # drawn there, not here
-    for name in names:
-        assert (tmp_path / "with-helper" / name).read_bytes() == (reference["out"] / name).read_bytes(), name
-    # A helper that is gone changes nothing but the time: every chart is drawn here.
-    assert [c.filename for c in charts.render_charts(results, tmp_path / "gone", helper)] == names
-    assert sorted(p.name for p in (tmp_path / "gone").glob("*.png")) == sorted(names)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the helper dies with its parent on Linux")
-def test_the_helper_process_dies_with_a_killed_coordinator():
-    """A coordinator killed mid-sweep (SIGKILL: no cleanup of its own) leaves no helper."""
-    script = ("import os, sys, time\n"
-              "from sweep_service.report.helper import start_chart_helper\n"
-              "helper = start_chart_helper()\n"
-              "print(helper.submit(os.getpid).result(), flush=True)\n"
-              "time.sleep(600)\n")
-    coordinator = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        helper = psutil.Process(int(coordinator.stdout.readline()))
-        assert helper.is_running() and helper.ppid() == coordinator.pid
-    finally:
-        coordinator.kill()
-        coordinator.wait()
-    helper.wait(timeout=10)  # psutil.TimeoutExpired if it outlived its parent
 
 
 def test_full_grid_renders_in_seconds_with_every_chart(reference):

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import re
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -392,11 +391,9 @@ def plan_charts(results: SweepResults) -> list[tuple[Chart, Callable[[], Figure]
     return plan
 
 
-def render_charts(results: SweepResults, out_dir: str | Path, helper: Executor | None = None) -> list[Chart]:
+def render_charts(results: SweepResults, out_dir: str | Path) -> list[Chart]:
     """Write the charts' PNGs into `out_dir`, redrawing only those whose data changed.
-    Charts written by an earlier call that no longer apply are removed. Given a `helper`
-    process (sweep_service.report.helper), every other chart to redraw is drawn there
-    meanwhile; if it fails, here."""
+    Charts written by an earlier call that no longer apply are removed."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
@@ -404,39 +401,16 @@ def render_charts(results: SweepResults, out_dir: str | Path, helper: Executor |
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError):
         manifest = {}
-    plan = plan_charts(results)
-    to_draw = [chart.filename for chart, _ in plan
-               if manifest.get(chart.filename) != chart.digest or not (out / chart.filename).is_file()]
-    elsewhere = {}
-    if helper is not None and len(to_draw) > 1:
-        try:
-            for name in to_draw[1::2]:
-                elsewhere[name] = helper.submit(draw_chart, results, name, out)
-        except Exception:  # shut down or broken: the rest are drawn here
-            pass
-    drawn: dict[str, bool] = {}
-    for chart, draw in plan:
-        if chart.filename in to_draw and chart.filename not in elsewhere:
-            drawn[chart.filename] = _draw(results, chart, draw, out)
-    for name, future in elsewhere.items():
-        try:
-            drawn[name] = future.result()
-        except Exception:  # the helper process is gone
-            drawn[name] = draw_chart(results, name, out)
-    charts = [chart for chart, _ in plan if drawn.get(chart.filename, True)]
+    charts = []
+    for chart, draw in plan_charts(results):
+        fresh = manifest.get(chart.filename) == chart.digest and (out / chart.filename).is_file()
+        if fresh or _draw(results, chart, draw, out):
+            charts.append(chart)
     new_manifest = {c.filename: c.digest for c in charts}
     for stale in set(manifest) - set(new_manifest):
         (out / _safe(stale)).unlink(missing_ok=True)
     write_atomic(manifest_path, json.dumps(new_manifest, indent=1).encode())
     return charts
-
-
-def draw_chart(results: SweepResults, filename: str, out_dir: Path) -> bool:
-    """Draw the chart `filename` of `plan_charts(results)` (also in the helper process)."""
-    for chart, draw in plan_charts(results):
-        if chart.filename == filename:
-            return _draw(results, chart, draw, Path(out_dir))
-    return False
 
 
 def _draw(results: SweepResults, chart: Chart, draw: Callable[[], Figure], out: Path) -> bool:

@@ -11,7 +11,6 @@ import functools
 import json
 import struct
 import time
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -170,20 +169,18 @@ def _first_line(text: str | None) -> str:
     return lines[0] if lines else "no error text recorded"
 
 
-def write_report(db_path: str | Path, out_dir: str | Path, sweep_id: str | None = None,
-                 helper: Executor | None = None) -> Path:
+def write_report(db_path: str | Path, out_dir: str | Path, sweep_id: str | None = None) -> Path:
     """Write `out_dir`/index.html with its charts and CSV for a sweep (the latest if
     `sweep_id` is None) of the database at `db_path`; returns the path of index.html.
 
     Works for a finished or a running sweep (the page then shows progress and reloads
     itself). Only charts whose data changed are redrawn, and every file is replaced
-    atomically, so calling this after every trial is cheap and safe. A `helper` process
-    (sweep_service.report.helper) draws half of the charts.
+    atomically, so calling this after every trial is cheap and safe.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = load_results(db_path, sweep_id)
-    charts = render_charts(results, out, helper)
+    charts = render_charts(results, out)
     write_atomic(out / CSV_NAME, export_text(results, "csv").encode())
     index = out / "index.html"
     # The page goes last: when it names a chart, the chart is there.
