@@ -10,12 +10,14 @@ setup:
 smoke: setup
 	$(PY) -m sweep_service run configs/smoke.yaml
 
-## Run the whole test suite, slow end-to-end tests (Docker, browser) included
+## Lint, then run the whole test suite, slow end-to-end tests (Docker, browser) included
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
-## The tests without the slow end-to-end ones
+## Lint and the tests without the slow end-to-end ones
 test-fast: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -m "not slow"
 
 ## Throughput benchmark against a plain sequential script (see README, Performance)

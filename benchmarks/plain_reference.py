@@ -18,16 +18,17 @@ import json
 import math
 import sys
 
+import nni.compression.pruning as nni_pruning
 import torch
 import torchvision
+from nni.compression.speedup import ModelSpeedup
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
-from sweep_service.data import cifar10_reader  # torchvision's CIFAR10 minus the md5 check
-
-import nni.compression.pruning as nni_pruning
-from nni.compression.speedup import ModelSpeedup
+from sweep_service.worker.data import (
+    cifar10_reader,  # torchvision's CIFAR10 minus the md5 check
+)
 
 PRUNERS = {"l1norm": nni_pruning.L1NormPruner, "l2norm": nni_pruning.L2NormPruner,
            "fpgm": nni_pruning.FPGMPruner}

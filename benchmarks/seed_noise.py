@@ -25,9 +25,9 @@ PRUNER, RATE = "l1norm", 0.5
 def _replicates(job: dict) -> dict:
     """Prune the job's model once, then fine-tune and evaluate a copy per replicate seed in
     the job's pipeline."""
+    import plain_reference as reference
     import torch
 
-    import plain_reference as reference
     from sweep_service.quiet import quiet_nni
 
     torch.set_num_threads(1)  # one slot each, as both pipelines run side by side
@@ -42,10 +42,9 @@ def _replicates(job: dict) -> dict:
 
 
 def _in_reference(pruned, job: dict) -> list[float]:
+    import plain_reference as reference
     import torch
     from torch.utils.data import DataLoader
-
-    import plain_reference as reference
 
     grid, opt, accuracies = job["grid"], job["grid"]["optimizer"], []
     train_subset, test_loader = reference.data({**grid, "data_root": job["reference_root"]})
@@ -61,9 +60,9 @@ def _in_reference(pruned, job: dict) -> list[float]:
 def _in_service(pruned, job: dict) -> list[float]:
     import torch
 
-    from sweep_service import data
-    from sweep_service.compute import Compute
-    from sweep_service.training import evaluate, train
+    from sweep_service.worker import data
+    from sweep_service.worker.compute import Compute
+    from sweep_service.worker.training import evaluate, train
 
     grid, cpu, compute, accuracies = job["grid"], torch.device("cpu"), Compute.parse(job["compute"]), []
     splits = data.load("synthetic", job["service_root"])

@@ -39,7 +39,6 @@ from pathlib import Path
 from unittest import mock
 
 import yaml
-
 from seed_noise import measure_seed_noise
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,9 +100,9 @@ def _ideal_job(job: dict) -> dict:
     """Time the bare arithmetic of one trial: its model, in-memory random tensors."""
     import torch
 
-    from sweep_service import heap
-    from sweep_service.compute import Compute
-    from sweep_service.training import make_optimizer
+    from sweep_service.worker import heap
+    from sweep_service.worker.compute import Compute
+    from sweep_service.worker.training import make_optimizer
 
     torch.set_num_threads(job["threads"])
     heap.keep_freed_memory()  # as a worker does
@@ -140,7 +139,7 @@ def _ideal_job(job: dict) -> dict:
 
 
 def measure_ideal(rows: list[dict]) -> dict:
-    from sweep_service import heap
+    from sweep_service.worker import heap
 
     jobs = []
     for row in rows:
@@ -150,7 +149,7 @@ def measure_ideal(rows: list[dict]) -> dict:
                          train_batches=_batch_sizes(GRID["train_subset"], GRID["batch_size"]) * epochs,
                          eval_batches=_batch_sizes(GRID["test_subset"], GRID["eval_batch_size"])))
     # Measured while `SLOTS` run at once, as in the sweep, so both see the same contention,
-    # and on the allocator the service's workers get (sweep_service.heap).
+    # and on the allocator the service's workers get (sweep_service.worker.heap).
     with mock.patch.dict(os.environ, heap.allocator_env()), mp.get_context("spawn").Pool(SLOTS) as pool:
         results = list(pool.imap_unordered(_ideal_job, jobs))
     durations = {r["key"]: r["seconds"] for r in results}
@@ -228,7 +227,7 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sweep-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
 
-    from sweep_service import data
+    from sweep_service.worker import data
 
     data.prepare("synthetic", workdir / "data")  # shared by every run, not timed
     print(f"benchmark grid: {len(GRID['models'])} models x {len(GRID['pruners'])} pruners x "

@@ -3,6 +3,7 @@
     from model_zoo import list_models, create_model, model_info
     model = create_model("resnet50", num_classes=10, weights="imagenet", weights_dir="weights")
 """
+from model_zoo import _torchvision  # noqa: F401  (registers the torchvision models)
 from model_zoo._registry import (
     ModelInfo,
     UnknownModelError,
@@ -12,7 +13,6 @@ from model_zoo._registry import (
     model_info,
     register_model,
 )
-from model_zoo import _torchvision  # noqa: F401  (registers the torchvision models)
 
 __all__ = [
     "ModelInfo",

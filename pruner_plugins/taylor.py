@@ -11,7 +11,7 @@ from sweep_service.plugins import PrunerPlugin, filter_masks_from_scores
 
 class TaylorActivation(PrunerPlugin):
     name = "taylor"
-    description = "First-order Taylor: removes the filters with the smallest |activation x gradient| on calibration data"
+    description = "First-order Taylor: removes the filters of least |activation x gradient| on calibration data"
     needs_data = True
 
     def masks(self, model, rate, layers, data):

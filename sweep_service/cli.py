@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sweep_service.config import ConfigError, parse_config, read_config_file
+from sweep_service.coordinator.config import ConfigError, parse_config, read_config_file
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -20,7 +20,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from sweep_service.coordinator import SweepAborted, run_sweep
+    from sweep_service.coordinator.sweep import SweepAborted, run_sweep
 
     try:
         summary = run_sweep(config)
@@ -31,7 +31,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from sweep_service.store import ResultStore
+    from sweep_service.coordinator.store import ResultStore
 
     try:
         store = ResultStore.open_existing(args.db)

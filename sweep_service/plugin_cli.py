@@ -26,7 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from sweep_service.plugins import ENTRY_POINT_GROUP, Masks, PluginEntry, PluginError, load_plugins, plugins_dir
+from sweep_service.plugins import (
+    ENTRY_POINT_GROUP,
+    Masks,
+    PluginEntry,
+    PluginError,
+    load_plugins,
+    plugins_dir,
+)
 
 DEFAULT_MODELS = ("resnet18", "mobilenet_v2")  # residual adds; depthwise convs
 DEFAULT_RATES = (0.3, 0.7)
@@ -168,9 +175,9 @@ def check_plugin(entry: PluginEntry, models: list[str], rates: list[float], *, i
     import torch
 
     from model_zoo import create_model
-    from sweep_service.config import LayerSelection
-    from sweep_service.pruning import select_layers
+    from sweep_service.coordinator.config import LayerSelection
     from sweep_service.quiet import quiet_nni
+    from sweep_service.worker.pruning import select_layers
 
     with quiet_nni():  # NNI and torch.fx warn on import
         import nni.compression.pruning  # noqa: F401
@@ -191,7 +198,12 @@ def _check_one(entry: PluginEntry, model: nn.Module, model_name: str, layers: li
                image_size: int) -> Iterator[CheckResult]:
     import torch
 
-    from sweep_service.pruning import RATE_TOLERANCE, MaskError, check_fit, masked_share
+    from sweep_service.worker.pruning import (
+        RATE_TOLERANCE,
+        MaskError,
+        check_fit,
+        masked_share,
+    )
 
     def result(check: str, status: str, detail: str) -> CheckResult:
         return CheckResult(model_name, rate, check, status, detail)
@@ -238,8 +250,8 @@ def _check_speedup(model: nn.Module, masks: Masks, image_size: int, removes_filt
                    result: Callable[[str, str, str], CheckResult]) -> CheckResult:
     import torch
 
-    from sweep_service.measure import count_params
-    from sweep_service.pruning import speedup
+    from sweep_service.worker.measure import count_params
+    from sweep_service.worker.pruning import speedup
 
     pruned = copy.deepcopy(model)
     before = count_params(pruned)
@@ -257,7 +269,8 @@ def _check_speedup(model: nn.Module, masks: Masks, image_size: int, removes_filt
     after = count_params(pruned)
     change = f"params {before / 1e6:.2f}M -> {after / 1e6:.2f}M ({after / before - 1:+.1%})"
     if removes_filters and after >= before:
-        return result("speedup", FAIL, f"ModelSpeedup ran but removed nothing although whole filters are masked; {change}")
+        return result("speedup", FAIL,
+                      f"ModelSpeedup ran but removed nothing although whole filters are masked; {change}")
     note = "" if removes_filters else " (no whole filter masked: nothing to remove)"
     return result("speedup", PASS, f"ModelSpeedup ran in {took:.1f} s, forward OK; {change}{note}")
 

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
-    from sweep_service import data
+    from sweep_service.worker import data
 
     root = tmp_path_factory.mktemp("data")
     data.prepare("synthetic", root)

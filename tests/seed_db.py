@@ -16,9 +16,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Iterable
 
-from sweep_service.config import parse_config
-from sweep_service.grid import BASELINE, COMPLETED, FAILED, expand
-from sweep_service.store import ResultStore
+from sweep_service.coordinator.config import parse_config
+from sweep_service.coordinator.grid import expand
+from sweep_service.coordinator.store import ResultStore
+from sweep_service.spec import BASELINE, COMPLETED, FAILED
 
 REFERENCE_MODELS = ("resnet50", "vgg16", "mobilenet_v2", "densenet121", "efficientnet_b0",
                     "googlenet", "alexnet")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweep_service.config import ConfigError, load_config, parse_config
+from sweep_service.coordinator.config import ConfigError, load_config, parse_config
 from tests.conftest import run_cli
 
 

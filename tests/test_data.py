@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import CIFAR10
 
-from sweep_service import data
+from sweep_service.worker import data
 
 
 def test_synthetic_set_is_written_in_cifar10_format(data_root):

@@ -6,11 +6,11 @@ import io
 import json
 
 import pytest
-
 from seed_db import seeded_copy
+
 from sweep_service.cli import main
+from sweep_service.coordinator.store import ResultStore
 from sweep_service.report.export import TRIAL_COLUMNS
-from sweep_service.store import ResultStore
 
 FAILED = [("resnet18", "fpgm", 0.6)]
 GRID = dict(models=["resnet18", "mobilenet_v2"], pruners=["l1norm", "fpgm"], rates=[0.3, 0.6],

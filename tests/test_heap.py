@@ -8,19 +8,20 @@ import sys
 
 import pytest
 
-from sweep_service import heap
+from sweep_service.worker import heap
 
 pytestmark = pytest.mark.skipif(heap._LIBC is None, reason="glibc only")
 
 STEPS = """
 import resource, psutil, torch
-from sweep_service import heap
+from sweep_service.worker import heap
 if KEEP:
     heap.keep_freed_memory()
 torch.set_num_threads(1)
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(64, 64, 3, padding=1),
-                            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 10))
+model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(),
+                            torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
+                            torch.nn.Flatten(), torch.nn.Linear(64, 10))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
 

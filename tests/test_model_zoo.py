@@ -5,7 +5,13 @@ import pytest
 import torch
 import torchvision
 
-from model_zoo import UnknownModelError, WeightsUnavailableError, create_model, list_models, model_info
+from model_zoo import (
+    UnknownModelError,
+    WeightsUnavailableError,
+    create_model,
+    list_models,
+    model_info,
+)
 from model_zoo._registry import weights_file
 
 REFERENCE_MODELS = {"resnet50", "vgg16", "mobilenet_v2", "densenet121", "efficientnet_b0", "googlenet", "alexnet"}

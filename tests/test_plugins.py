@@ -17,11 +17,22 @@ from torch import nn
 
 from model_zoo import create_model
 from sweep_service.cli import main
-from sweep_service.config import ConfigError, LayerSelection, load_config, parse_config
-from sweep_service.grid import COMPLETED, FAILED, PRUNED, expand
+from sweep_service.coordinator.config import (
+    ConfigError,
+    LayerSelection,
+    load_config,
+    parse_config,
+)
+from sweep_service.coordinator.grid import expand
 from sweep_service.plugin_cli import FAIL, PASS, WARN, check_plugin
-from sweep_service.plugins import DEFAULT_PLUGINS_DIR, PluginError, filter_masks_from_scores, load_plugins
-from sweep_service.pruning import check_masks, select_layers
+from sweep_service.plugins import (
+    DEFAULT_PLUGINS_DIR,
+    PluginError,
+    filter_masks_from_scores,
+    load_plugins,
+)
+from sweep_service.spec import COMPLETED, FAILED, PRUNED
+from sweep_service.worker.pruning import check_masks, select_layers
 from tests.conftest import REPO, run_cli
 
 FIXTURES = Path(__file__).parent / "plugin_fixtures"
@@ -109,7 +120,8 @@ def test_tutorial_step_check_passes_on_resnet18_and_mobilenet_v2():
     for model in ("resnet18", "mobilenet_v2"):
         for check in ("runs", "fit", "rate", "structure", "speedup"):
             assert re.search(rf"PASS  {model}\s+(30|70)%  {check}\s", proc.stdout), (model, check)
-    assert re.search(r"masks remove 69\.\d% of the selected layers' weights in whole filters, requested 70%", proc.stdout)
+    assert re.search(r"masks remove 69\.\d% of the selected layers' weights in whole filters, requested 70%",
+                     proc.stdout)
     assert "taylor: all 20 checks passed" in proc.stdout
     assert "Update indirect mask" not in proc.stdout + proc.stderr  # NNI's per-node log stays quiet
 
@@ -126,7 +138,7 @@ def test_tutorial_step_sweep_records_the_plugin_beside_l1norm(tmp_path, data_roo
     proc = run_cli("run", str(path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    from sweep_service.store import ResultStore
+    from sweep_service.coordinator.store import ResultStore
 
     store = ResultStore.open_existing(tmp_path / "tutorial.db")
     rows = store.trials(store.sweep()["sweep_id"], kind=PRUNED)
@@ -144,7 +156,7 @@ def test_tutorial_step_sweep_records_the_plugin_beside_l1norm(tmp_path, data_roo
 
 def test_tutorial_plugin_completes_a_trial(tmp_path, data_root):
     """The trial path on its own (no Ray): calibration data, masks, speedup, fine-tuning."""
-    from sweep_service.trial import run_trial
+    from sweep_service.worker.trial import run_trial
 
     config = parse_config(dict(
         name="taylor-trial", models=["resnet18"], pruners=[TUTORIAL_PLUGIN], rates=[0.5],
@@ -178,7 +190,7 @@ def bad_plugin_specs(monkeypatch, tmp_path, data_root):
     ("unstructured", r"^prune failed: MaskError: no whole output filter is masked"),
 ])
 def test_a_broken_plugin_fails_its_trial_with_the_reason(bad_plugin_specs, pruner, reason):
-    from sweep_service.trial import run_trial
+    from sweep_service.worker.trial import run_trial
 
     result = run_trial(bad_plugin_specs[pruner], plugins_dir=str(BAD_PLUGINS)).result
     assert result["status"] == FAILED

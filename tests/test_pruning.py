@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from model_zoo import create_model, list_models, model_info
-from sweep_service.measure import count_macs, count_params
 from sweep_service.plugins import get_plugin
-from sweep_service.pruning import MaskError, check_masks, select_layers, speedup
+from sweep_service.worker.measure import count_macs, count_params
+from sweep_service.worker.pruning import MaskError, check_masks, select_layers, speedup
 
 DEFAULT_LAYERS = {"types": ["Conv2d"], "include_first_conv": False, "include_classifier": False, "exclude": []}
 

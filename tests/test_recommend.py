@@ -4,8 +4,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
 from seed_db import seed_sweep, seeded_copy
+
 from sweep_service.cli import main
 from sweep_service.report.fmt import parse_count, parse_fraction
 from sweep_service.report.recommend import Limits, misses, recommend

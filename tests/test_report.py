@@ -7,13 +7,20 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from seed_db import (
+    REFERENCE_MODELS,
+    figures,
+    keep_report,
+    parse_page,
+    seed_sweep,
+    seeded_copy,
+)
 
-from seed_db import REFERENCE_MODELS, figures, keep_report, parse_page, seed_sweep, seeded_copy
 from sweep_service.cli import main
+from sweep_service.coordinator.store import ResultStore
 from sweep_service.report import charts, write_report
 from sweep_service.report.page import render_page
 from sweep_service.report.results import load_results
-from sweep_service.store import ResultStore
 
 FAILED = [("googlenet", "fpgm", 0.8), ("densenet121", "l1norm", 0.7)]
 GRID_CHARTS = ["accuracy_vs_rate.png", "param_reduction_vs_rate.png", "accuracy_vs_parameters.png",
@@ -24,7 +31,7 @@ DATASET = "synthetic CIFAR-10 format"
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The full reference grid rendered once: 7 models x 3 pruners x 8 rates + 7 baselines."""
-    from sweep_service import data  # noqa: F401  (the coordinator has it loaded: time the report alone)
+    from sweep_service.worker import data  # noqa: F401  (the coordinator has it loaded: time the report alone)
 
     root = tmp_path_factory.mktemp("report")
     db, sweep_id = seeded_copy(root, failed=FAILED)

@@ -18,8 +18,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from seed_db import copy_kept_report, seeded_copy
+
 from sweep_service.cli import main
 
 pytestmark = pytest.mark.browser
@@ -92,7 +92,7 @@ class _Handler(SimpleHTTPRequestHandler):
         super().do_GET()
 
     def log_request(self, code="-", size="-"):
-        if not self.path.split("?")[0] in ("/", "/index.html"):
+        if self.path.split("?")[0] not in ("/", "/index.html"):
             self.requests.append((self.path, int(code) if str(code).isdigit() else 0))
 
     def log_message(self, *args):  # quiet

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import sqlite3
 
-from sweep_service.config import load_config
-from sweep_service.grid import expand
-from sweep_service.store import ResultStore
+from sweep_service.coordinator.config import load_config
+from sweep_service.coordinator.grid import expand
+from sweep_service.coordinator.store import ResultStore
 
 
 def _setup(tiny_config, tmp_path):

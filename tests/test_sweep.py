@@ -16,7 +16,7 @@ import psutil
 import pytest
 import torch
 
-from sweep_service.compute import candidates, contenders
+from sweep_service.worker.compute import candidates
 from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
@@ -58,27 +58,27 @@ def test_every_trial_completes_with_its_figures(finished_sweep):
         assert row["worker_host"] and row["time_finetune_s"] > 0
         assert Path(row["artifact_path"]).is_file()
     assert "5 completed" in result.stdout
-    # the baseline raced every candidate format; its pruned trials use the winner, or race
-    # it against the candidates that came close to it
-    baseline = next(r for r in rows if r["kind"] == "baseline")
-    race = json.loads(baseline["compute_race"])
-    assert set(race) == {c.name for c in candidates(torch.device("cpu"))}
-    assert baseline["compute"] in _fastest(race)
-    close = contenders(race)
-    for row in rows:
-        if row["kind"] == "baseline":
-            continue
-        assert row["compute"] in close
-        if row["compute_race"]:
-            timed = json.loads(row["compute_race"])
-            assert len(timed) > 1 and set(timed) <= set(close) and row["compute"] in _fastest(timed)
-    if len(close) == 1:
-        assert all(r["compute_race"] is None for r in rows if r["kind"] != "baseline")
+    assert {r["compute"] for r in rows} == {"fp32"}  # the default: one fixed format
 
 
-def _fastest(timings: dict[str, float]) -> list[str]:
-    """The formats with the shortest recorded step (the record is rounded: two can tie)."""
-    return [name for name, seconds in timings.items() if seconds == min(timings.values())]
+def test_auto_compute_measures_each_model_once_and_trains_all_its_trials_alike(tiny_config):
+    path, config = tiny_config(name="auto", models=["resnet18", "mobilenet_v2"], pruners=["l1norm"],
+                               rates=[0.3, 0.6], compute="auto", baseline_epochs=1, train_subset=300,
+                               test_subset=200)
+    result = run_cli("run", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = _rows(Path(config["database"]))
+    con = sqlite3.connect(config["database"])
+    formats = json.loads(con.execute("SELECT formats_json FROM sweeps").fetchone()[0])
+    assert set(formats) == {"resnet18", "mobilenet_v2"}
+    for model, measured in formats.items():
+        assert set(measured["timings"]) == {c.name for c in candidates(torch.device("cpu"))}
+        assert measured["format"] == min(measured["timings"], key=measured["timings"].get)
+        assert {r["compute"] for r in rows if r["model"] == model} == {measured["format"]}
+        assert f"probed {model} " in result.stdout
+    # resumed, the sweep keeps the formats it measured: nothing is measured again
+    again = run_cli("run", str(path))
+    assert "probed" not in again.stdout and "6 already done, 0 to run" in again.stdout
 
 
 def test_baseline_beats_chance_and_reduction_grows_with_rate(finished_sweep):
@@ -187,10 +187,10 @@ def _worker_running_a_trial(coordinator: psutil.Process, within_s: float) -> psu
 
 def test_local_ray_cluster_gives_trial_processes_their_setup(monkeypatch):
     """Through Ray's runtime environment alone, the local cluster's worker processes run on
-    tcmalloc where the machine has it (sweep_service.heap), import what trials need as they
+    tcmalloc where the machine has it (sweep_service.worker.heap), import what trials need as they
     start (the setup hook), and find the plugins folder; stopping it leaves no process."""
-    from sweep_service import heap
-    from sweep_service.ray_settings import start_ray
+    from sweep_service.coordinator.cluster import start_ray
+    from sweep_service.worker import heap
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     before = set(psutil.Process().children(recursive=True))
@@ -200,13 +200,13 @@ def test_local_ray_cluster_gives_trial_processes_their_setup(monkeypatch):
         def worker_state() -> tuple:
             import sys
 
-            imported = [m for m in ("torchvision.models", "nni.compression.speedup", "sweep_service.trial")
+            imported = [m for m in ("torchvision.models", "nni.compression.speedup", "sweep_service.worker.trial")
                         if m in sys.modules]
             return heap.allocator(), imported, os.environ.get("SWEEP_PLUGINS_DIR")
 
         allocator, imported, plugins = ray.get(worker_state.remote())
         assert allocator == ("tcmalloc" if heap.allocator_env({}) else "glibc")
-        assert imported == ["torchvision.models", "nni.compression.speedup", "sweep_service.trial"]
+        assert imported == ["torchvision.models", "nni.compression.speedup", "sweep_service.worker.trial"]
         assert plugins == str(REPO / "pruner_plugins")
         assert heap.allocator() != "tcmalloc"  # the coordinator keeps its own allocator
         cluster = [p for p in psutil.Process().children(recursive=True) if p not in before]

@@ -26,13 +26,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.transforms import Bbox
 from matplotlib.ticker import FuncFormatter, LogFormatter, PercentFormatter
+from matplotlib.transforms import Bbox
 
 from sweep_service.files import write_atomic
-from sweep_service.grid import BASELINE, PRUNED
 from sweep_service.report import fmt
-from sweep_service.report.results import COST_NAMES, SweepResults, pareto_front, trial_label
+from sweep_service.report.results import (
+    COST_NAMES,
+    SweepResults,
+    pareto_front,
+    trial_label,
+)
+from sweep_service.spec import BASELINE, PRUNED
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import io
 import json
 from typing import Any, TextIO
 
+from sweep_service.coordinator.store import TrialRow
 from sweep_service.report.fmt import jsonable
 from sweep_service.report.results import SweepResults
-from sweep_service.store import TrialRow
 
 FORMATS = ("csv", "json")
 TRIAL_COLUMNS = tuple(c.name for c in TrialRow.__table__.columns if c.name != "id")

@@ -18,12 +18,12 @@ from typing import Any, Callable
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from sweep_service.files import write_atomic
-from sweep_service.grid import BASELINE, PENDING, RUNNING
 from sweep_service.report import fmt
 from sweep_service.report.charts import Chart, render_charts
 from sweep_service.report.export import export_text
 from sweep_service.report.recommend import Limits, recommend
 from sweep_service.report.results import SweepResults, load_results, trial_label
+from sweep_service.spec import BASELINE, PENDING, RUNNING
 
 REFRESH_S = 15  # the page reloads itself this often while the sweep runs
 CSV_NAME = "trials.csv"

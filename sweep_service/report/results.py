@@ -11,10 +11,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from sweep_service.coordinator.store import ResultStore
 from sweep_service.dataset_info import describe
-from sweep_service.grid import BASELINE, COMPLETED, FAILED, PENDING, PRUNED, RUNNING
 from sweep_service.report import fmt
-from sweep_service.store import ResultStore
+from sweep_service.spec import BASELINE, COMPLETED, FAILED, PENDING, PRUNED, RUNNING
 
 # The costs that the trade-off charts and the Pareto set weigh accuracy against.
 COSTS = ("params_after", "macs_after", "latency_ms")

@@ -199,7 +199,8 @@ class Project:
         script = ("import psutil\n"
                   "for p in psutil.process_iter(['cmdline']):\n"
                   "    title = ' '.join(p.info['cmdline'] or [])\n"
-                  "    if title.startswith('ray::') and not title.startswith(('ray::IDLE', 'ray::Dashboard', 'ray::RuntimeEnv')):\n"
+                  "    idle = ('ray::IDLE', 'ray::Dashboard', 'ray::RuntimeEnv')\n"
+                  "    if title.startswith('ray::') and not title.startswith(idle):\n"
                   "        print(title)\n")
         proc = run(["docker", "exec", container, "python", "-c", script], timeout=60, check=False)
         return [t.strip() for t in proc.stdout.splitlines() if t.strip()] if proc.returncode == 0 else []

@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from sweep_service.grid import BASELINE, COMPLETED, PENDING, PRUNED, RUNNING, STATUSES
+from sweep_service.spec import BASELINE, COMPLETED, PENDING, PRUNED, RUNNING, STATUSES
 
 
 def utcnow() -> datetime:
@@ -46,6 +46,9 @@ class SweepRow(Base):
     dataset: Mapped[str] = mapped_column(String)
     weights: Mapped[str] = mapped_column(String)
     versions_json: Mapped[str] = mapped_column(Text, default="{}")
+    # With `compute: auto`: {model: {"format": name, "timings": {format: seconds per step}}},
+    # measured once, so that every trial of a model, in this run or a later one, trains alike.
+    formats_json: Mapped[str] = mapped_column(Text, default="{}")
     status: Mapped[str] = mapped_column(String, default=RUNNING)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -94,10 +97,8 @@ class TrialRow(Base):
     worker_rss_mb: Mapped[float | None] = mapped_column(default=None)  # after the trial
     worker_shared_mb: Mapped[float | None] = mapped_column(default=None)  # of it, Ray object-store pages
     threads: Mapped[int | None] = mapped_column(default=None)
-    allocator: Mapped[str | None] = mapped_column(default=None)  # of the worker's C heap (sweep_service.heap)
-    compute: Mapped[str | None] = mapped_column(default=None)  # e.g. "bf16-channels-last"
-    # If the trial raced formats: JSON {format: seconds of its timed step} (CPU seconds on CPUs)
-    compute_race: Mapped[str | None] = mapped_column(Text, default=None)
+    allocator: Mapped[str | None] = mapped_column(default=None)  # of the worker's C heap (sweep_service.worker.heap)
+    compute: Mapped[str | None] = mapped_column(default=None)  # the format it trained in, e.g. "fp32"
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     artifact_path: Mapped[str | None] = mapped_column(String, default=None)
@@ -160,6 +161,18 @@ class ResultStore:
             row = s.get(SweepRow, sweep_id)
             row.status = status
             row.finished_at = utcnow()
+
+    def formats(self, sweep_id: str) -> dict[str, dict[str, Any]]:
+        """Each model's measured training format (`compute: auto`), by model name."""
+        with Session(self.engine) as s:
+            return json.loads(s.get(SweepRow, sweep_id).formats_json or "{}")
+
+    def set_format(self, sweep_id: str, model: str, fastest: str, timings: dict[str, float]) -> None:
+        with Session(self.engine) as s, s.begin():
+            row = s.get(SweepRow, sweep_id)
+            formats = json.loads(row.formats_json or "{}")
+            formats[model] = {"format": fastest, "timings": timings}
+            row.formats_json = json.dumps(formats, sort_keys=True)
 
     def sweep(self, sweep_id: str | None = None) -> dict[str, Any]:
         """The given sweep, or the most recently started one."""

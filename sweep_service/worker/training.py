@@ -1,8 +1,8 @@
 """Fine-tuning and evaluation loops (plain PyTorch; the pipeline feeds tensors).
 
-Training runs in the trial's `Compute` format, or races candidate formats on its first
-steps (see sweep_service.compute); evaluation always in fp32, in the same memory layout,
-so that accuracies do not depend on the format that happened to be fastest.
+Training runs in the trial's `Compute` format (see sweep_service.worker.compute);
+evaluation always in fp32, in the same memory layout, so that accuracies do not depend on
+the format that trained fastest.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from sweep_service.compute import FP32, Compute, FormatRace
+from sweep_service.worker.compute import FP32, Compute
 
 
 def make_optimizer(model: nn.Module, settings: dict) -> torch.optim.Optimizer:
@@ -23,16 +23,11 @@ def make_optimizer(model: nn.Module, settings: dict) -> torch.optim.Optimizer:
 
 
 def train(model: nn.Module, batches: Iterable, *, epochs: int, optimizer_settings: dict,
-          device: torch.device, steps_per_epoch: int, compute: Compute | FormatRace = FP32) -> float:
-    """Train with a short linear warm-up and cosine decay; returns the last epoch's mean loss.
-
-    Given a FormatRace, the first steps race its candidates and the winner trains the rest
-    (read it from `compute.winner` afterwards)."""
+          device: torch.device, steps_per_epoch: int, compute: Compute = FP32) -> float:
+    """Train with a short linear warm-up and cosine decay; returns the last epoch's mean loss."""
     if epochs == 0:
         return float("nan")
-    race = compute if isinstance(compute, FormatRace) else None
-    current = race.current if race else compute
-    current.prepare(model)
+    compute.prepare(model)
     optimizer = make_optimizer(model, optimizer_settings)
     total = epochs * steps_per_epoch
     warmup = max(1, min(total // 10, 100))
@@ -40,43 +35,26 @@ def train(model: nn.Module, batches: Iterable, *, epochs: int, optimizer_setting
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
     )
     loss_fn = nn.CrossEntropyLoss()
-    # fp16 gradients need loss scaling; scaling the other formats' steps too changes nothing.
-    scaler = torch.amp.GradScaler(device.type, enabled=any(
-        c.dtype == "fp16" for c in (race.entrants if race else [current])))
+    # fp16 gradients need loss scaling
+    scaler = torch.amp.GradScaler(device.type, enabled=compute.dtype == "fp16")
     model.train()
     mean_loss = float("nan")
     for _ in range(epochs):
         loss_sum = torch.zeros((), device=device)
         n = 0
         for inputs, labels in batches:
-            racing = race is not None and race.racing
-            if race is not None and race.current != current:
-                current = race.current
-                _relayout(model, optimizer, current)
-            start = race.clock() if racing else 0.0
-            inputs, labels = current.inputs(inputs, device), labels.to(device, non_blocking=True)
-            with current.autocast(device):
+            inputs, labels = compute.inputs(inputs, device), labels.to(device, non_blocking=True)
+            with compute.autocast(device):
                 loss = loss_fn(model(inputs), labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
-            if racing:
-                race.record(race.clock() - start)
             loss_sum += loss.detach() * len(labels)  # no per-step device sync
             n += len(labels)
         mean_loss = loss_sum.item() / max(n, 1)
     return mean_loss
-
-
-def _relayout(model: nn.Module, optimizer: torch.optim.Optimizer, compute: Compute) -> None:
-    """Switch the weights, and the optimizer state that mirrors them, to `compute`'s layout."""
-    compute.prepare(model)
-    for state in optimizer.state.values():
-        for name, value in state.items():
-            if isinstance(value, torch.Tensor) and value.dim() == 4:
-                state[name] = value.contiguous(memory_format=compute.memory_format)
 
 
 def evaluate(model: nn.Module, batches: Iterable, device: torch.device, compute: Compute = FP32) -> float:

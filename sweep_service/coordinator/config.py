@@ -6,8 +6,6 @@ final config is what gets stored with the results.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -104,9 +102,9 @@ class SweepConfig(_Strict):
     layers: LayerSelection = LayerSelection()
     prune_from: Literal["baseline", "pretrained"] = "baseline"
     resources: Resources = Resources()
-    # Number format and memory layout of training (see sweep_service.compute): "auto"
-    # races the candidates on the first steps of each model's baseline and keeps the fastest.
-    compute: str = "auto"
+    # Number format and memory layout of training (see sweep_service.worker.compute): fixed,
+    # or "auto": each model's candidates are measured once and all its trials use the fastest.
+    compute: str = "fp32"
     max_retries: NonNegativeInt = 2
     latency_runs: PositiveInt = 20
     database: Path = Path("results/sweep.db")
@@ -161,7 +159,7 @@ class SweepConfig(_Strict):
     @field_validator("compute")
     @classmethod
     def _known_compute(cls, value: str) -> str:
-        from sweep_service.compute import CHOICES
+        from sweep_service.worker.compute import CHOICES
 
         if value != "auto" and value not in CHOICES:
             raise ValueError(f"unknown compute {value!r}; choose auto or one of {', '.join(CHOICES)}")
@@ -197,16 +195,9 @@ class SweepConfig(_Strict):
         )
 
     def sweep_id(self) -> str:
-        """Name plus a hash of what defines the experiment (not the grid axes, paths or
-        resources), so that re-running a config resumes the same sweep and widening the
-        grid adds trials to it, while changing e.g. the epochs starts a new sweep."""
-        defining = self.model_dump(
-            mode="json",
-            exclude={"models", "pruners", "rates", "data_root", "weights_dir", "database",
-                     "output_dir", "resources", "compute", "max_retries", "constraints", "latency_runs"},
-        )
-        digest = hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
-        return f"{self.name}-{digest}"
+        from sweep_service.coordinator.grid import sweep_id
+
+        return sweep_id(self)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

@@ -2,19 +2,20 @@
 
 Only Ray's public API is used: `ray.init` with a runtime environment that gives the
 worker processes the plugins folder, quiet warnings, the allocator that training runs
-fastest on (sweep_service.heap), and a setup hook that imports what trials need as the
+fastest on (sweep_service.worker.heap), and a setup hook that imports what trials need as the
 process starts rather than in its first trial.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 
-from sweep_service import heap
 from sweep_service.plugins import plugins_dir
+from sweep_service.worker import heap
 
 # Run by Ray in each worker process as it starts (runtime_env's worker_process_setup_hook).
-WORKER_SETUP_HOOK = "sweep_service.trial.prepare_process"
+WORKER_SETUP_HOOK = "sweep_service.worker.trial.prepare_process"
 
 
 def worker_runtime_env() -> dict:
@@ -37,3 +38,17 @@ def start_ray():
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **options)
     return ray
+
+
+def node_slots(resources: dict[str, float], cpus: float, gpus: float) -> int:
+    """How many trials asking for `cpus` CPUs and `gpus` GPUs fit on one node offering
+    `resources` (Ray's resource dict): a trial cannot span nodes."""
+    slots = int(resources.get("CPU", 0) // cpus) if cpus > 0 else math.inf
+    if gpus > 0:
+        slots = min(slots, int(resources.get("GPU", 0) // gpus))
+    return 0 if slots == math.inf else int(slots)
+
+
+def cluster_slots(ray, cpus: float, gpus: float) -> int:
+    """Trials that fit on the cluster's live nodes at once, counted node by node."""
+    return sum(node_slots(node.get("Resources", {}), cpus, gpus) for node in ray.nodes() if node.get("Alive"))

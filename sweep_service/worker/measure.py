@@ -1,7 +1,6 @@
 """What a trial measures about a model besides accuracy: size, arithmetic, latency."""
 from __future__ import annotations
 
-import io
 import statistics
 import time
 
@@ -19,19 +18,14 @@ def count_macs(model: nn.Module, image_size: int) -> int:
     Counted on the forward pass only: torch's counter overcounts the backward of
     grouped convolutions.
     """
-    from torch.utils.flop_counter import FlopCounterMode  # imports triton: 0.1 s, for trials only
+    from torch.utils.flop_counter import (
+        FlopCounterMode,  # imports triton: 0.1 s, for trials only
+    )
 
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, image_size, image_size))
     return counter.get_total_flops() // 2
-
-
-def serialized_size(model: nn.Module) -> int:
-    """Bytes of the saved pruned model (whole module, as it would be shipped)."""
-    buffer = io.BytesIO()
-    torch.save(model, buffer)
-    return buffer.tell()
 
 
 def cpu_latency_ms(model: nn.Module, image_size: int, runs: int = 20, warmup: int = 3) -> float:

@@ -4,7 +4,8 @@ A baseline trial fine-tunes the pretrained model with a new 10-class head. A pru
 trial starts from the baseline's checkpoint (or the pretrained weights), asks its
 plugin for masks, removes the masked channels with NNI's ModelSpeedup, fine-tunes,
 evaluates and measures. Failures come back as results with the error text, never as
-exceptions, so one bad trial never stops a sweep (only a dead worker makes Ray retry).
+exceptions, so one bad trial never stops a sweep (only a dead worker raises, and the
+coordinator retries the trial).
 
 Workers are reused across trials, so the data set and the imports are kept per process.
 """
@@ -13,27 +14,26 @@ from __future__ import annotations
 import copy
 import functools
 import io
-import json
 import os
 import socket
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Union
 
 import psutil
 import torch
 
 from model_zoo import create_model
-from sweep_service import data as datasets
-from sweep_service import heap
-from sweep_service.compute import Compute, FormatRace, candidates
-from sweep_service.grid import BASELINE, COMPLETED, FAILED, TrialSpec
-from sweep_service.measure import count_macs, count_params, cpu_latency_ms, serialized_size
 from sweep_service.plugins import get_plugin
-from sweep_service.pruning import check_masks, select_layers, speedup
 from sweep_service.quiet import quiet_nni
-from sweep_service.training import evaluate, train
+from sweep_service.spec import BASELINE, COMPLETED, FAILED, TrialSpec
+from sweep_service.worker import data as datasets
+from sweep_service.worker import heap
+from sweep_service.worker.compute import Compute, probe_formats
+from sweep_service.worker.measure import count_macs, count_params, cpu_latency_ms
+from sweep_service.worker.pruning import check_masks, select_layers, speedup
+from sweep_service.worker.training import evaluate, train
 
 
 @dataclass
@@ -62,10 +62,10 @@ class _Phases:
 @functools.lru_cache(maxsize=1)
 def prepare_process() -> float:
     """Once per worker process: keep freed memory in the heap for the next training step
-    (sweep_service.heap), quiet libraries, and import what every trial needs (torchvision,
-    NNI, torch's FLOP counter). Ray runs it as a worker process starts (its runtime
-    environment's setup hook, sweep_service.ray_settings); else the first trial does.
-    Returns the seconds it took."""
+    (sweep_service.worker.heap), quiet libraries, and import what every trial needs
+    (torchvision, NNI, torch's FLOP counter). Ray runs it as a worker process starts (the
+    runtime environment's setup hook, sweep_service.coordinator.cluster); else the first
+    trial does. Returns the seconds it took."""
     start = time.perf_counter()
     heap.keep_freed_memory()
     import torch.utils.flop_counter  # noqa: F401
@@ -84,8 +84,6 @@ _UNPRUNED_FIGURES: dict[tuple[str, int], tuple[int, int]] = {}
 
 
 def _unpruned_figures(model: torch.nn.Module, spec: TrialSpec) -> tuple[int, int]:
-    """Parameters and MACs of the unpruned `model`, counted once per worker process for each
-    model and image size rather than at the start of each trial (10-20 ms each here)."""
     key = (spec.model, spec.image_size)
     if key not in _UNPRUNED_FIGURES:
         _UNPRUNED_FIGURES[key] = count_params(model), count_macs(model, spec.image_size)
@@ -96,14 +94,18 @@ def _threads_for(spec: TrialSpec) -> int:
     return max(1, int(spec.cpus))
 
 
+def _device_for(spec: TrialSpec) -> torch.device:
+    return torch.device("cuda" if spec.gpus > 0 and torch.cuda.is_available() else "cpu")
+
+
 Checkpoint = Union[bytes, Callable[[], bytes]]
 
 
 def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
-              plugins_dir: str | None = None, computes: Sequence[str] = ()) -> TrialOutput:
+              plugins_dir: str | None = None, compute: str = "fp32") -> TrialOutput:
     """Run one trial. `baseline_checkpoint`: the baseline's state_dict bytes, or a function
-    that fetches them. `computes`: the formats this model's baseline found fastest, if
-    known (several if they came close: this trial races them)."""
+    that fetches them. `compute`: the number format and layout every trial of this model
+    trains in (sweep_service.worker.compute)."""
     started_at = time.time()
     phases = _Phases()
     startup_start = time.perf_counter()
@@ -112,10 +114,12 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
     try:
         threads = _threads_for(spec)
         torch.set_num_threads(threads)
-        result.update(threads=threads, allocator=heap.allocator())
+        result.update(threads=threads, allocator=heap.allocator(), compute=compute)
         prepare_process()
         phases.times["time_startup_s"] = time.perf_counter() - startup_start
-        device = torch.device("cuda" if spec.gpus > 0 and torch.cuda.is_available() else "cpu")
+        device = _device_for(spec)
+        chosen = Compute.parse(compute)
+        chosen.check(device)
         torch.manual_seed(spec.seed)
 
         splits = phases.run("data", datasets.load, spec.dataset, spec.data_root)
@@ -145,16 +149,9 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
             model = phases.run("speedup", speedup, model, masks, spec.image_size)
 
         model.to(device)
-        compute_or_race = phases.run("finetune", _compute_for, spec, device, computes)
         phases.run("finetune", train, model, train_batches, epochs=spec.epochs,
                    optimizer_settings=spec.optimizer, device=device,
-                   steps_per_epoch=len(train_batches), compute=compute_or_race)
-        chosen = compute_or_race
-        if isinstance(compute_or_race, FormatRace):
-            chosen = compute_or_race.winner
-            result["compute_race"] = json.dumps({name: round(seconds, 6)
-                                                 for name, seconds in compute_or_race.timings.items()})
-        result["compute"] = chosen.name
+                   steps_per_epoch=len(train_batches), compute=chosen)
         accuracy = phases.run("eval", evaluate, model, test_batches, device, chosen)
         # Measured and shipped in the standard layout, whatever layout trained it.
         model.cpu().to(memory_format=torch.contiguous_format)
@@ -167,7 +164,7 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
                 param_reduction=1 - params_after / params_before,
                 macs_after=macs_after,
                 mac_reduction=1 - macs_after / macs_before,
-                model_size_bytes=serialized_size(model) if spec.kind == BASELINE else len(saved),
+                model_size_bytes=len(saved),
                 latency_ms=cpu_latency_ms(model, spec.image_size, runs=spec.latency_runs),
             ), saved
 
@@ -185,36 +182,33 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
     return TrialOutput(result=result, artifact=artifact, started_at=started_at)
 
 
-def run_on_worker(spec: TrialSpec, checkpoint: list, plugins_folder: str, computes: list[str]) -> TrialOutput:
+def run_on_worker(spec: TrialSpec, checkpoint: list, plugins_folder: str, compute: str) -> TrialOutput:
     """The Ray task the coordinator dispatches. `checkpoint` holds the baseline's ObjectRef,
     if any: inside a list, Ray hands over the reference instead of the bytes, so the trial
     fetches them when it builds its model and drops them once loaded, rather than holding a
-    copy to its end. It lives here, not in the coordinator, so that a worker resolving it
-    imports only what trials need."""
+    copy to its end."""
     import ray
 
     fetch = (lambda: ray.get(checkpoint[0])) if checkpoint else None
-    return run_trial(spec, fetch, plugins_folder, computes)
+    return run_trial(spec, fetch, plugins_folder, compute)
 
 
-def _compute_for(spec: TrialSpec, device: torch.device, known: Sequence[str]) -> Compute | FormatRace:
-    """The config's explicit choice; else the formats the baseline measured fastest that this
-    worker can run (raced again if several); else a race of all the candidates."""
-    if spec.compute != "auto":
-        chosen = Compute.parse(spec.compute)
-        chosen.check(device)
-        return chosen
-    usable = []
-    for name in known:
-        compute = Compute.parse(name)
-        try:
-            compute.check(device)
-            usable.append(compute)
-        except ValueError:  # a different kind of worker than the baseline's
-            pass
-    if len(usable) == 1:
-        return usable[0]
-    return FormatRace(usable or candidates(device), device)
+def measure_formats(spec: TrialSpec) -> dict[str, float]:
+    """The Ray task that measures the candidate formats for `spec`'s model (`compute: auto`):
+    seconds of a training step in each, fastest first, on one batch of the trial's size
+    and threads, on a randomly initialised copy of the architecture (weights do not change
+    the arithmetic)."""
+    prepare_process()
+    torch.set_num_threads(_threads_for(spec))
+    torch.manual_seed(spec.seed)
+    model = create_model(spec.model, weights="none")
+    inputs = torch.randn(spec.batch_size, 3, spec.image_size, spec.image_size)
+    labels = torch.randint(0, 10, (spec.batch_size,))
+    try:
+        return probe_formats(model, (inputs, labels), _device_for(spec), spec.optimizer)
+    finally:
+        model = None
+        heap.release()
 
 
 def _object_store_pages_mb() -> float | None:
@@ -239,12 +233,12 @@ def _build_start_model(spec: TrialSpec, baseline_checkpoint: Checkpoint | None) 
         return create_model(spec.model, weights=spec.weights, weights_dir=spec.weights_dir)
     if baseline_checkpoint is None:
         raise ValueError(f"pruned trial {spec.label} needs its baseline checkpoint")
-    # Built without memory or random init (0.1 s for resnet18): every tensor comes from
-    # the checkpoint.
+    # Built on the meta device: every tensor comes from the checkpoint, so random init
+    # would be wasted work.
     with torch.device("meta"):
         model = create_model(spec.model, weights="none")
-    # Read afresh each trial (tens of ms): a per-worker cache of every model's weights
-    # would keep a worker's memory growing with each new model it meets.
+    # Read afresh each trial: a per-worker cache of every model's weights would keep a
+    # worker's memory growing with each new model it meets.
     saved = baseline_checkpoint() if callable(baseline_checkpoint) else baseline_checkpoint
     model.load_state_dict(torch.load(io.BytesIO(saved), map_location="cpu", weights_only=True), assign=True)
     unset = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]

@@ -1,0 +1,70 @@
+"""Grid expansion: a config becomes baseline and pruned TrialSpecs with stable keys, and
+the sweep gets an id from what defines all of its trials."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any, Iterator
+
+from sweep_service.spec import BASELINE, PRUNED, TrialSpec
+
+if TYPE_CHECKING:
+    from sweep_service.coordinator.config import SweepConfig
+
+# The identity fields a grid varies: a sweep holds any values of them (widening the grid
+# adds trials to the same sweep); every other identity field is the same for all its
+# trials of a kind, and defines the sweep.
+AXES = frozenset({"model", "pruner", "rate", "seed", "baseline_key"})
+
+
+def _common(config: SweepConfig) -> dict[str, Any]:
+    return dict(
+        dataset=config.dataset,
+        weights=config.weights,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        optimizer=config.optimizer.model_dump(),
+        augment=config.augment,
+        seed=config.seed,
+        train_subset=config.train_subset,
+        test_subset=config.test_subset,
+        calibration_batches=config.calibration_batches,
+        layers=config.layers.model_dump(),
+        prune_from=config.prune_from,
+        compute=config.compute,
+        data_root=str(config.data_root),
+        weights_dir=str(config.weights_dir),
+        cpus=config.resources.cpus,
+        gpus=config.resources.gpus,
+        latency_runs=config.latency_runs,
+    )
+
+
+def baseline_spec(config: SweepConfig, model: str) -> TrialSpec:
+    return TrialSpec(kind=BASELINE, model=model, pruner="none", rate=0.0,
+                     epochs=config.baseline_epochs, baseline_key=None, **_common(config))
+
+
+def expand(config: SweepConfig) -> Iterator[TrialSpec]:
+    """Baseline of each model first, then model x pruner x rate, in config order."""
+    for model in config.models:
+        baseline = baseline_spec(config, model)
+        yield baseline
+        for pruner in config.pruners:
+            for rate in config.rates:
+                yield TrialSpec(kind=PRUNED, model=model, pruner=pruner, rate=rate,
+                                epochs=config.finetune_epochs, baseline_key=baseline.key,
+                                **_common(config))
+
+
+def sweep_id(config: SweepConfig) -> str:
+    """The config's name plus a hash of what defines its trials besides the grid's axes:
+    re-running a config resumes its sweep and widening the grid adds trials to it, while
+    changing e.g. the epochs starts a new sweep."""
+    defining: dict[str, dict[str, Any]] = {}
+    for spec in expand(config):
+        fields = {k: v for k, v in spec.identity().items() if k not in AXES}
+        defining.setdefault(spec.kind, fields)
+    digest = hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{config.name}-{digest}"

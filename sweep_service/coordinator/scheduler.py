@@ -1,0 +1,244 @@
+"""Which trial runs next: the sweep's scheduling, as plain logic apart from Ray.
+
+The dispatcher (sweep_service.coordinator.sweep) tells the scheduler what happened (a task
+started, finished, or lost its worker) and asks it which tasks to start on the slots that
+are free. Nothing here calls Ray or reads a clock: time comes in as arguments, so tests
+drive it with a fake clock and a fake cluster.
+
+Order of work:
+- a model's format probe (with `compute: auto`) comes before any trial of the model;
+- baselines next, since every pruned trial of a model starts from its baseline's checkpoint;
+- then the longest trial first (an estimate fitted per model to its finished trials), and
+  for the last few, the one after which the rest would end soonest (`pick_next`), so
+  that the slots finish together instead of one long trial running alone at the end.
+A trial whose worker died goes back to the queue up to `max_retries` times.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Union
+
+from sweep_service.spec import BASELINE, COMPLETED, TrialSpec
+
+# The last trials are chosen by looking ahead (pick_next) once at most this many per slot
+# are left; before that, longest first, whose order ahead matters little.
+PLAN_AHEAD = 8
+PROBE = "probe"
+
+
+@dataclass(frozen=True)
+class FormatProbe:
+    """A short task that measures a model's candidate formats (`compute: auto`), run with
+    the resources and batch of the model's trials."""
+
+    spec: TrialSpec  # the model's (first) baseline
+    kind: str = PROBE
+
+    @property
+    def model(self) -> str:
+        return self.spec.model
+
+    @property
+    def key(self) -> str:
+        return f"probe:{self.spec.model}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.model} format probe"
+
+
+Task = Union[TrialSpec, FormatProbe]
+
+
+@dataclass(frozen=True)
+class Running:
+    task: Task
+    started: float
+    attempt: int
+
+
+@dataclass(frozen=True)
+class NotRun:
+    """A trial that will not run, and why (its baseline failed, say)."""
+
+    spec: TrialSpec
+    reason: str
+
+
+def estimate_epoch_seconds(points: list[tuple[float, float]], kept: float) -> float:
+    """Epoch time of a model pruned to keep `kept` of its filters, from its finished trials'
+    (kept, seconds) points: a fitted line, or with one share known, proportional to the
+    share kept. Time does not shrink in proportion for every model (mobilenet_v2's barely
+    does), hence the fit once there are two shares. 0 with nothing known."""
+    if not points:
+        return 0.0
+    if len({k for k, _ in points}) < 2:
+        return statistics.mean(s / k for k, s in points) * kept
+    fit = statistics.linear_regression([k for k, _ in points], [s for _, s in points])
+    return max(fit.intercept + fit.slope * kept, 0.0)
+
+
+def pick_next(estimates: list[float], busy_for: list[float]) -> int:
+    """Index into `estimates` (seconds) of the trial to start on a free slot while the other
+    slots stay busy for `busy_for` seconds more: the one after which the rest, dispatched
+    longest first, would end soonest; of equals, the longest."""
+    order = sorted(range(len(estimates)), key=lambda i: -estimates[i])
+    best, best_end, tried = order[0], math.inf, set()
+    for first in order:
+        if estimates[first] in tried:
+            continue
+        tried.add(estimates[first])
+        slots = [estimates[first], *busy_for]
+        heapq.heapify(slots)
+        for i in order:
+            if i != first:
+                heapq.heapreplace(slots, slots[0] + estimates[i])
+        end = max(slots)
+        if end < best_end - 1e-9:
+            best, best_end = first, end
+    return best
+
+
+@dataclass
+class Scheduler:
+    """The sweep's queue. `specs`: every trial of the sweep, in grid order; `done`: keys of
+    trials finished in an earlier run that need not run again; `checkpoints`: keys of
+    completed baselines whose checkpoint can be handed to their trials; `formats`: each
+    model's known training format, or None if the sweep fixes one (no probes)."""
+
+    specs: list[TrialSpec]
+    done: set[str] = field(default_factory=set)
+    checkpoints: set[str] = field(default_factory=set)
+    formats: dict[str, str] | None = None
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        # A completed baseline whose checkpoint is gone is trained again: its trials need it.
+        self.todo: list[TrialSpec] = [
+            s for s in self.specs
+            if s.key not in self.done or (s.kind == BASELINE and s.key not in self.checkpoints
+                                          and any(t.baseline_key == s.key and t.key not in self.done
+                                                  for t in self.specs))]
+        self.probes: list[FormatProbe] = []
+        if self.formats is not None:
+            first_baselines = {}
+            for spec in self.todo:
+                first_baselines.setdefault(spec.model, next(s for s in self.specs if s.model == spec.model
+                                                            and s.kind == BASELINE))
+            self.probes = [FormatProbe(b) for m, b in first_baselines.items() if m not in self.formats]
+        self.running: dict[str, Running] = {}
+        self.attempts: dict[str, int] = {}
+        self.speeds: dict[str, list[tuple[float, float]]] = {}  # model -> (share kept, s per epoch)
+        self.overheads: dict[str, list[float]] = {}  # model -> seconds besides epochs, pruned trials
+
+    # what can run -------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return not (self.todo or self.probes or self.running)
+
+    def _can_start(self, spec: TrialSpec) -> bool:
+        if spec.key in self.running:
+            return False
+        if self.formats is not None and spec.model not in self.formats:
+            return False
+        return spec.kind == BASELINE or spec.baseline_key in self.checkpoints
+
+    def ready(self) -> list[Task]:
+        """Tasks that could start now, probes first, then baselines, in grid order."""
+        probes = [p for p in self.probes if p.key not in self.running]
+        trials = [s for s in self.todo if self._can_start(s)]
+        return [*probes, *sorted(trials, key=lambda s: s.kind != BASELINE)]
+
+    def blocked(self) -> bool:
+        """Whether trials remain that nothing running or ready can release (none, unless
+        the caller gave inconsistent state)."""
+        return not self.running and not self.ready() and not self.finished
+
+    def next(self, free_slots: int, now: float) -> list[Task]:
+        """The tasks to start on `free_slots` free slots now (marked as started)."""
+        chosen: list[Task] = []
+        for _ in range(max(free_slots, 0)):
+            ready = self.ready()
+            if not ready:
+                break
+            task = ready[0] if ready[0].kind in (PROBE, BASELINE) else self._longest_or_planned(
+                [t for t in ready if t.kind not in (PROBE, BASELINE)], free_slots - len(chosen), now)
+            self.start(task, now)
+            chosen.append(task)
+        return chosen
+
+    def _longest_or_planned(self, ready: list[TrialSpec], free_slots: int, now: float) -> TrialSpec:
+        estimates = [self.expected_seconds(s) for s in ready]
+        longest = max(range(len(ready)), key=estimates.__getitem__)
+        slots = len(self.running) + free_slots
+        waiting = len(self.todo) > len(ready)  # more trials will become ready later
+        if waiting or len(ready) > PLAN_AHEAD * slots:
+            return ready[longest]
+        busy = self.seconds_left(now) + [0.0] * max(0, free_slots - 1)
+        if math.inf in busy:
+            return ready[longest]
+        return ready[pick_next(estimates, busy)]
+
+    # what happened ------------------------------------------------------------------------
+    def start(self, task: Task, now: float) -> None:
+        self.attempts[task.key] = self.attempts.get(task.key, 0) + 1
+        self.running[task.key] = Running(task, now, self.attempts[task.key])
+
+    def probe_done(self, probe: FormatProbe, fastest: str) -> None:
+        """The model's format is known: its trials may start."""
+        self.running.pop(probe.key, None)
+        self.probes = [p for p in self.probes if p.key != probe.key]
+        self.formats[probe.model] = fastest
+
+    def trial_done(self, spec: TrialSpec, status: str, figures: dict[str, Any] | None = None) -> list[NotRun]:
+        """A trial ended with `status` (as recorded). Returns the trials that will not run
+        because of it: a failed baseline's pruned trials."""
+        self.running.pop(spec.key, None)
+        self.todo = [s for s in self.todo if s.key != spec.key]
+        if status == COMPLETED:
+            self.note_times(spec, figures or {})
+            if spec.kind == BASELINE:
+                self.checkpoints.add(spec.key)
+            return []
+        if spec.kind != BASELINE:
+            return []
+        orphans = [s for s in self.todo if s.baseline_key == spec.key]
+        self.todo = [s for s in self.todo if s.baseline_key != spec.key]
+        return [NotRun(s, f"baseline of {spec.model} failed; trial not run") for s in orphans]
+
+    def lost(self, task: Task) -> bool:
+        """The task's worker died. True if it goes back to the queue; False if it has used
+        up its retries (then the caller records it failed and calls trial_done)."""
+        self.running.pop(task.key, None)
+        return self.attempts.get(task.key, 0) <= self.max_retries
+
+    # estimates ------------------------------------------------------------------------------
+    def note_times(self, spec: TrialSpec, figures: dict[str, Any]) -> None:
+        """Learn a model's epoch time and per-trial overhead from a finished trial's phases."""
+        seconds = (figures.get("time_finetune_s") or 0.0) + (figures.get("time_eval_s") or 0.0)
+        if seconds <= 0:
+            return
+        self.speeds.setdefault(spec.model, []).append((1 - spec.rate, seconds / max(spec.epochs, 1)))
+        if spec.kind != BASELINE and figures.get("time_total_s"):
+            self.overheads.setdefault(spec.model, []).append(figures["time_total_s"] - seconds)
+
+    def expected_seconds(self, task: Task) -> float:
+        """A task's rough cost, to choose which to dispatch; unknown (inf) for baselines."""
+        if task.kind in (PROBE, BASELINE):
+            return math.inf
+        overheads = self.overheads.get(task.model)
+        return (estimate_epoch_seconds(self.speeds.get(task.model, []), 1 - task.rate) * max(task.epochs, 1)
+                + (statistics.median(overheads) if overheads else 0.0))
+
+    def seconds_left(self, now: float) -> list[float]:
+        """Expected seconds each running task still takes (inf for a baseline)."""
+        return [max(0.0, self.expected_seconds(r.task) - (now - r.started)) for r in self.running.values()]
+
+
+def completed_in_order(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Completed rows, baselines first, in the order they finished (to replay estimates)."""
+    done = [r for r in rows if r["status"] == COMPLETED]
+    return sorted(done, key=lambda r: (r["kind"] != BASELINE, str(r["finished_at"] or "")))
