@@ -6,15 +6,15 @@ or constructor arguments (``nni_kwargs``), and ``needs_data = True`` if it takes
 evaluator and ``training_steps`` (the adapter builds them from the calibration batches).
 Then run ``python -m sweep_service plugins check NAME``.
 
-Exposed: ``TaylorPruner`` (below). ``L1NormPruner``, ``L2NormPruner`` and ``FPGMPruner``
-are in ``nni_norm.py``.
+Exposed: ``TaylorPruner`` and ``LevelPruner`` (below). ``L1NormPruner``, ``L2NormPruner``
+and ``FPGMPruner`` are in ``nni_norm.py``.
+
+``LevelPruner`` masks single weights (unstructured), which ModelSpeedup neither removes
+nor zeroes; declared ``structure = "unstructured"``, its masks are applied and kept
+through fine-tuning instead (sweep_service.worker.unstructured), as in the unstructured
+pruning studies.
 
 Tried with NNI 3.0 and not exposed, and why:
-- ``LevelPruner`` (unstructured, per weight): its masks fit and honour the rate, but no
-  whole filter is masked, so ModelSpeedup removes nothing *and leaves the masked weights
-  as they were* (checked: 0% zeros after speedup). A trial would measure the unpruned
-  model under a pruned label. It needs the service to apply the masks and keep them
-  through fine-tuning first (``plugins check`` fails such plugins at "structure").
 - ``SlimPruner`` ranks channels by scaling factors learned with an L1 sparsity penalty over
   epochs of training; after a few calibration steps the factors have barely moved from
   their common start, so its masks would be close to arbitrary.
@@ -32,3 +32,11 @@ class Taylor(NNIPruner):
     description = "NNI TaylorPruner: removes the filters with the smallest (weight x gradient)^2 on calibration data"
     nni_pruner = "TaylorPruner"
     needs_data = True
+
+
+class Level(NNIPruner):
+    name = "level"
+    description = ("NNI LevelPruner: zeroes the smallest-magnitude weights of each layer "
+                   "(unstructured: weights zeroed, nothing removed)")
+    nni_pruner = "LevelPruner"
+    structure = "unstructured"

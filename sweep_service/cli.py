@@ -6,6 +6,7 @@ each handler returns the process exit code.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -39,6 +40,11 @@ def _status(args: argparse.Namespace) -> int:
     except (FileNotFoundError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if args.variants:
+        from sweep_service.coordinator.measurement import summary_lines
+
+        print("\n".join(summary_lines(store, sweep["sweep_id"])))
+        return 0
     counts = store.counts(sweep["sweep_id"])
     print(f"sweep {sweep['sweep_id']} ({sweep['status']}), data: {sweep['dataset']}, weights: {sweep['weights']}")
     print("  " + ", ".join(f"{n} {status}" for status, n in counts.items()))
@@ -49,6 +55,60 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  {row['model']:<16} {row['pruner']:<10} {row['rate']:>4.0%}  {row['status']:<9} "
               f"acc {accuracy:>6}  params -{reduction:>6}  {where}")
     return 0
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from sweep_service.coordinator import measurement
+    from sweep_service.coordinator.store import ResultStore
+
+    try:
+        store = ResultStore.open_existing(args.db)
+        sweep = store.sweep(args.sweep)
+        settings, image_size = measurement.stored_settings(sweep["config_json"])
+        on = args.on if args.on is not None else settings.on
+        measurement.check_reachable(on)
+        if not measurement.measurable(store, sweep["sweep_id"]):
+            raise measurement.MeasurementUnavailable(
+                f"sweep {sweep['sweep_id']} has no variant files to measure (a sweep run before variants existed "
+                "gets them when it is run again: `python -m sweep_service run CONFIG`)")
+    except (FileNotFoundError, LookupError, measurement.MeasurementUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from sweep_service.coordinator.cluster import start_ray
+    from sweep_service.quiet import silence_libraries
+
+    silence_libraries()
+    ray = start_ray()
+    try:
+        stage = measurement.run_stage(ray, store, sweep["sweep_id"], settings, image_size, on=on,
+                                      wait_s=args.wait)
+    except Exception as exc:  # no node came, or the measuring task failed
+        print(f"error: not measured: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        ray.shutdown()
+    print("\n".join(measurement.summary_lines(store, sweep["sweep_id"])))
+    print(f"measured {stage.variants} variants of sweep {sweep['sweep_id']} in {stage.seconds:.1f} s "
+          f"(measurement run {stage.run_id})")
+    return 0
+
+
+def _resource_name(text: str) -> str:
+    from sweep_service.coordinator.config import RESOURCE_NAME
+
+    if not re.fullmatch(RESOURCE_NAME, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Ray resource name (letters, digits, '_', '.', '-')")
+    return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a sweep's trials and their status")
     status.add_argument("--db", type=Path, required=True, help="SQLite file of the sweep")
     status.add_argument("--sweep", help="sweep id (default: the latest)")
+    status.add_argument("--variants", action="store_true",
+                        help="list the trials' deployable variants with their latest measurements instead")
     status.set_defaults(func=_status)
+
+    measure = sub.add_parser(
+        "measure", help="measure latency and memory of a finished sweep's variants again (no retraining)",
+        description="Run the measurement stage again on a finished sweep: every saved variant is measured "
+                    "with the sweep's `measure` protocol, on one node held whole (see docs/edge.md). "
+                    "Joins the Ray cluster at RAY_ADDRESS if set, else starts a local one.")
+    measure.add_argument("--db", type=Path, required=True, help="SQLite file of the sweep")
+    measure.add_argument("--sweep", help="sweep id (default: the latest)")
+    measure.add_argument("--on", metavar="RESOURCE", type=_resource_name,
+                         help="measure on a node offering this Ray custom resource (default: the config's measure.on)")
+    measure.add_argument("--wait", type=_seconds, default=600.0, metavar="SECONDS",
+                         help="how long to wait for such a node to join (default: 600)")
+    measure.set_defaults(func=_measure)
 
     report_cli.register(sub)
     plugin_cli.register(sub)

@@ -1,7 +1,7 @@
 """The pruner plugin contract and its registry.
 
 A plugin is a subclass of `PrunerPlugin` with a `name`, a one-line `description`,
-`needs_data`, and one method, `masks()`, that returns NNI-style masks:
+`needs_data`, `structure`, and one method, `masks()`, that returns NNI-style masks:
 ``{module_name: {"weight": 0/1 tensor shaped like the weight, "bias": ... (optional)}}``.
 The service does the rest (validation, physical removal with NNI's ModelSpeedup,
 fine-tuning, evaluation, recording), so every plugin is measured the same way.
@@ -39,6 +39,10 @@ DEFAULT_PLUGINS_DIR = Path(__file__).resolve().parents[1] / "pruner_plugins"
 
 PLUGIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 RESERVED_NAME = "none"  # the `pruner` of baseline trials
+# What a plugin's masks mean. Structured: whole output filters, which ModelSpeedup removes
+# (parameters removed). Unstructured: single weights, which the trial keeps at zero through
+# fine-tuning (weights zeroed; sweep_service.worker.unstructured).
+STRUCTURED, UNSTRUCTURED = "structured", "unstructured"
 
 Masks = dict[str, dict[str, "torch.Tensor"]]
 Batches = Iterable[tuple["torch.Tensor", "torch.Tensor"]]
@@ -54,6 +58,7 @@ class PrunerPlugin(abc.ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     needs_data: ClassVar[bool] = False
+    structure: ClassVar[str] = STRUCTURED
 
     @abc.abstractmethod
     def masks(self, model: nn.Module, rate: float, layers: list[str], data: Batches | None) -> Masks:
@@ -132,6 +137,9 @@ def _entry(cls: type[PrunerPlugin], source: str) -> PluginEntry:
         problems.append("`description` must be a one-line string")
     if not isinstance(getattr(cls, "needs_data", None), bool):
         problems.append("`needs_data` must be True or False")
+    structure = getattr(cls, "structure", None)
+    if structure not in (STRUCTURED, UNSTRUCTURED):
+        problems.append(f"`structure` must be {STRUCTURED!r} or {UNSTRUCTURED!r}, got {structure!r}")
     if problems:
         raise PluginError(f"pruner plugin {cls.__name__} in {source}: " + "; ".join(problems))
     return PluginEntry(name, cls, source)

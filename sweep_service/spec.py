@@ -66,7 +66,10 @@ class TrialSpec:
     weights_dir: str = setting(default="")
     cpus: float = setting(default=1.0)
     gpus: float = setting(default=0.0)
-    latency_runs: int = setting(default=20)
+    # The post-training variants the trial makes of its model (sweep_service.worker.variants).
+    # Not identity: they do not change the trained model, and a sweep that later asks for
+    # more makes the missing ones from the saved models without retraining.
+    quantize: tuple[str, ...] = setting(default=("fp32",))
 
     @classmethod
     def identity_fields(cls) -> tuple[str, ...]:
@@ -94,4 +97,7 @@ class TrialSpec:
         """The spec a row recorded. Fields this version does not know are ignored, and
         fields added since the row was written take their defaults."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
+        fields = {k: v for k, v in json.loads(text).items() if k in known}
+        if "quantize" in fields:
+            fields["quantize"] = tuple(fields["quantize"])
+        return cls(**fields)

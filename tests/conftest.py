@@ -31,7 +31,7 @@ def tiny_config(tmp_path, data_root):
             name="tiny", models=["resnet18"], pruners=["l1norm", "fpgm"], rates=[0.3, 0.6],
             dataset="synthetic", data_root=str(data_root), weights="none", image_size=32,
             baseline_epochs=2, finetune_epochs=1, batch_size=64, train_subset=1000,
-            test_subset=500, latency_runs=5, optimizer={"lr": 0.05},
+            test_subset=500, optimizer={"lr": 0.05},
             database=str(tmp_path / "results" / "tiny.db"), output_dir=str(tmp_path / "results" / "tiny"),
         )
         config.update(changes)

@@ -162,7 +162,7 @@ def test_tutorial_plugin_completes_a_trial(tmp_path, data_root):
         name="taylor-trial", models=["resnet18"], pruners=[TUTORIAL_PLUGIN], rates=[0.5],
         dataset="synthetic", data_root=str(data_root), weights="none", prune_from="pretrained",
         finetune_epochs=1, batch_size=64, train_subset=128, test_subset=64, calibration_batches=2,
-        latency_runs=1, database=str(tmp_path / "r.db"), output_dir=str(tmp_path / "out")))
+        database=str(tmp_path / "r.db"), output_dir=str(tmp_path / "out")))
     spec = next(s for s in expand(config) if s.kind == PRUNED)
     result = run_trial(spec).result
     assert result["status"] == COMPLETED, result.get("error")

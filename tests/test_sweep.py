@@ -36,7 +36,7 @@ def finished_sweep(tmp_path_factory, data_root):
     config = dict(
         name="tiny", models=["resnet18"], pruners=["l1norm", "fpgm"], rates=[0.3, 0.6],
         dataset="synthetic", data_root=str(data_root), weights="none", baseline_epochs=2,
-        finetune_epochs=1, batch_size=64, train_subset=1000, test_subset=500, latency_runs=5,
+        finetune_epochs=1, batch_size=64, train_subset=1000, test_subset=500,
         optimizer={"lr": 0.05}, database=str(folder / "tiny.db"), output_dir=str(folder / "out"),
     )
     path = folder / "tiny.yaml"

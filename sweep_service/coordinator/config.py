@@ -69,6 +69,32 @@ class Constraints(_Strict):
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
 
 
+# Post-training variants a trial can ship in (sweep_service.worker.variants).
+QUANTIZE = ("fp32", "fp16", "int8")
+RESOURCE_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+
+
+class MeasureSettings(_Strict):
+    """The measurement stage (sweep_service.coordinator.measurement): how every variant's
+    latency and peak memory are measured, and on which node."""
+
+    threads: PositiveInt = 1
+    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1)
+    warmup: NonNegativeInt = 10  # untimed calls per model before the first round
+    rounds: PositiveInt = 10  # the models take turns, round after round
+    runs: PositiveInt = 20  # timed calls per model in each round
+    # A Ray custom resource: measure on a node started with `--resources '{"<on>": 1}'`.
+    # None: on the node of the cluster with the most CPUs, once its trials are done.
+    on: str | None = Field(None, pattern=RESOURCE_NAME)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _distinct_batch_sizes(cls, sizes: list[int]) -> list[int]:
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"batch_sizes repeat a value: {sizes}")
+        return sorted(sizes)
+
+
 class RateRange(_Strict):
     start: float
     stop: float
@@ -106,7 +132,10 @@ class SweepConfig(_Strict):
     # or "auto": each model's candidates are measured once and all its trials use the fastest.
     compute: str = "fp32"
     max_retries: NonNegativeInt = 2
-    latency_runs: PositiveInt = 20
+    # Besides fp32 (the exported model every variant is made from), which post-training
+    # variants each trial makes: fp16, int8 (ONNX Runtime static quantization).
+    quantize: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32"], min_length=1)
+    measure: MeasureSettings = MeasureSettings()
     database: Path = Path("results/sweep.db")
     output_dir: Path = Path("results")
     constraints: Constraints | None = None
@@ -127,6 +156,24 @@ class SweepConfig(_Strict):
         if len(set(rates)) != len(rates):
             raise ValueError(f"rates repeat a value: {rates}")
         return sorted(rates)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "latency_runs" in data:
+            raise ValueError("latency_runs: latency is measured by the measurement stage now; "
+                             "set measure.runs (timed calls per round) instead")
+        return data
+
+    @field_validator("quantize")
+    @classmethod
+    def _quantize_from_fp32(cls, formats: list[str]) -> list[str]:
+        if "fp32" not in formats:
+            raise ValueError(f"must include fp32, the exported model every other variant is made from "
+                             f"and compared with; got {formats}")
+        if len(set(formats)) != len(formats):
+            raise ValueError(f"formats repeat: {formats}")
+        return [f for f in QUANTIZE if f in formats]
 
     @field_validator("models")
     @classmethod

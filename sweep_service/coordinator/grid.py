@@ -37,7 +37,7 @@ def _common(config: SweepConfig) -> dict[str, Any]:
         weights_dir=str(config.weights_dir),
         cpus=config.resources.cpus,
         gpus=config.resources.gpus,
-        latency_runs=config.latency_runs,
+        quantize=tuple(config.quantize),
     )
 
 

@@ -2,7 +2,10 @@
 
 One row per sweep in `sweeps` (its config, data set, weights and library versions) and
 one row per trial in `trials`, unique on (sweep_id, key): a re-run of the same config
-finds its finished trials, and a trial is never recorded twice.
+finds its finished trials, and a trial is never recorded twice. A completed trial's
+deployable files are rows of `variants` (one per format: fp32, fp16, int8), and each run
+of the measurement stage is a row of `measurement_runs` with one row of `measurements`
+per variant and batch size, naming the node and CPU that measured it.
 """
 from __future__ import annotations
 
@@ -14,11 +17,13 @@ from typing import Any, Iterable
 from sqlalchemy import (
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Integer,
     String,
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     inspect,
     select,
@@ -79,7 +84,14 @@ class TrialRow(Base):
     macs_after: Mapped[int | None] = mapped_column(default=None)
     mac_reduction: Mapped[float | None] = mapped_column(default=None)
     model_size_bytes: Mapped[int | None] = mapped_column(default=None)
-    latency_ms: Mapped[float | None] = mapped_column(default=None)  # batch 1, CPU, median
+    # Pruned trials: "structured" (parameters removed) or "unstructured" (weights zeroed,
+    # none removed: param_reduction stays 0); the share of all parameters that are zero.
+    structure: Mapped[str | None] = mapped_column(default=None)
+    weights_zeroed: Mapped[float | None] = mapped_column(default=None)
+    # The fp32 variant's median at the smallest batch size, from the latest measurement
+    # run, and what measured it (runtime, batch, threads, node).
+    latency_ms: Mapped[float | None] = mapped_column(default=None)
+    latency_source: Mapped[str | None] = mapped_column(default=None)
 
     time_startup_s: Mapped[float | None] = mapped_column(default=None)
     time_build_s: Mapped[float | None] = mapped_column(default=None)
@@ -88,7 +100,8 @@ class TrialRow(Base):
     time_data_s: Mapped[float | None] = mapped_column(default=None)
     time_finetune_s: Mapped[float | None] = mapped_column(default=None)
     time_eval_s: Mapped[float | None] = mapped_column(default=None)
-    time_measure_s: Mapped[float | None] = mapped_column(default=None)
+    time_measure_s: Mapped[float | None] = mapped_column(default=None)  # count params and MACs, serialise
+    time_export_s: Mapped[float | None] = mapped_column(default=None)  # make and evaluate the variants
     time_total_s: Mapped[float | None] = mapped_column(default=None)
     time_wait_s: Mapped[float | None] = mapped_column(default=None)  # submitted -> started
 
@@ -106,12 +119,82 @@ class TrialRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class VariantRow(Base):
+    """A completed trial's model in one deployable format, as saved and evaluated."""
+
+    __tablename__ = "variants"
+    __table_args__ = (
+        UniqueConstraint("sweep_id", "trial_key", "format", name="uq_variant_per_trial"),
+        ForeignKeyConstraint(["sweep_id", "trial_key"], ["trials.sweep_id", "trials.key"]),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.sweep_id"), index=True)
+    trial_key: Mapped[str] = mapped_column(String)
+    format: Mapped[str] = mapped_column(String)  # fp32, fp16, int8
+    runtime: Mapped[str | None] = mapped_column(default=None)  # what ran it, e.g. "onnxruntime 1.32.0"
+    path: Mapped[str | None] = mapped_column(String, default=None)  # the saved .onnx file
+    size_bytes: Mapped[int | None] = mapped_column(default=None)
+    compressed_bytes: Mapped[int | None] = mapped_column(default=None)  # deflated (zip, gzip)
+    accuracy: Mapped[float | None] = mapped_column(default=None)  # top-1 on the test set, in `runtime`
+    time_s: Mapped[float | None] = mapped_column(default=None)  # to make and evaluate it
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MeasurementRunRow(Base):
+    """One run of the measurement stage over a sweep's variants, with its protocol."""
+
+    __tablename__ = "measurement_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.sweep_id"), index=True)
+    protocol_json: Mapped[str] = mapped_column(Text)  # threads, batch sizes, warm-up, rounds, runs
+    on: Mapped[str | None] = mapped_column(default=None)  # the Ray resource asked for, if any
+    status: Mapped[str] = mapped_column(String, default=RUNNING)  # running, finished, failed
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    variants: Mapped[int | None] = mapped_column(default=None)  # how many it measured
+    seconds: Mapped[float | None] = mapped_column(default=None)  # the stage's wall time
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class MeasurementRow(Base):
+    """Latency and peak memory of one variant at one batch size, and what measured it."""
+
+    __tablename__ = "measurements"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("measurement_runs.id"), index=True)
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id"), index=True)
+    batch_size: Mapped[int] = mapped_column(Integer)
+    threads: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float | None] = mapped_column(default=None)  # median of every timed call
+    latency_p10_ms: Mapped[float | None] = mapped_column(default=None)
+    latency_p90_ms: Mapped[float | None] = mapped_column(default=None)
+    # (max - min) / median of the rounds' medians: how much the host drifted meanwhile
+    round_spread: Mapped[float | None] = mapped_column(default=None)
+    round_medians_json: Mapped[str | None] = mapped_column(Text, default=None)  # ms, in round order
+    peak_rss_mb: Mapped[float | None] = mapped_column(default=None)  # of a fresh process loading and running it
+    node_host: Mapped[str | None] = mapped_column(default=None)
+    node_id: Mapped[str | None] = mapped_column(default=None)  # Ray's node id
+    cpu_model: Mapped[str | None] = mapped_column(default=None)
+    cpu_arch: Mapped[str | None] = mapped_column(default=None)  # e.g. x86_64, aarch64
+    cpus: Mapped[float | None] = mapped_column(default=None)  # CPUs the process may use (affinity, cgroup quota)
+    load_avg: Mapped[float | None] = mapped_column(default=None)  # the node's 1-minute load before measuring
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+_VARIANT_OF_TRIAL = (TrialRow.sweep_id == VariantRow.sweep_id) & (TrialRow.key == VariantRow.trial_key)
+
 # Result fields a worker may report; everything else in a row is the coordinator's.
 RESULT_FIELDS = tuple(
     c.name
     for c in TrialRow.__table__.columns
     if c.name not in {"id", "sweep_id", "key", "kind", "model", "pruner", "rate", "spec_json", "attempts"}
 )
+VARIANT_FIELDS = ("format", "runtime", "path", "size_bytes", "compressed_bytes", "accuracy", "time_s", "error")
+MEASUREMENT_FIELDS = tuple(c.name for c in MeasurementRow.__table__.columns if c.name not in {"id", "run_id"})
 
 
 class ResultStore:
@@ -259,6 +342,95 @@ class ResultStore:
     def counts(self, sweep_id: str) -> dict[str, int]:
         rows = self.trials(sweep_id)
         return {status: sum(r["status"] == status for r in rows) for status in STATUSES}
+
+    # variants ---------------------------------------------------------------
+    def record_variants(self, sweep_id: str, trial_key: str, variants: list[dict[str, Any]]) -> None:
+        """Store a trial's variants (VARIANT_FIELDS each), replacing any it had in the same
+        format: a replaced file's measurements go with it, and so does the trial's latency
+        until the stage measures again."""
+        with Session(self.engine) as s, s.begin():
+            for fields in variants:
+                unknown = set(fields) - set(VARIANT_FIELDS)
+                if unknown:
+                    raise KeyError(f"unknown variant fields {sorted(unknown)}")
+                row = s.scalars(select(VariantRow).where(VariantRow.sweep_id == sweep_id,
+                                                         VariantRow.trial_key == trial_key,
+                                                         VariantRow.format == fields["format"])).one_or_none()
+                if row is None:
+                    row = VariantRow(sweep_id=sweep_id, trial_key=trial_key, format=fields["format"])
+                    s.add(row)
+                else:
+                    s.execute(delete(MeasurementRow).where(MeasurementRow.variant_id == row.id))
+                    row.created_at = utcnow()
+                for name in VARIANT_FIELDS:
+                    setattr(row, name, fields.get(name))
+            trial = self._row(s, sweep_id, trial_key)
+            trial.latency_ms = trial.latency_source = None
+
+    def variants(self, sweep_id: str) -> list[dict[str, Any]]:
+        """The sweep's variants, each with its trial's model, pruner, rate, kind and status."""
+        with Session(self.engine) as s:
+            query = (select(VariantRow, TrialRow)
+                     .join(TrialRow, _VARIANT_OF_TRIAL)
+                     .where(VariantRow.sweep_id == sweep_id)
+                     .order_by(TrialRow.model, TrialRow.kind, TrialRow.pruner, TrialRow.rate, VariantRow.format))
+            return [{**_as_dict(v), "model": t.model, "kind": t.kind, "pruner": t.pruner, "rate": t.rate,
+                     "structure": t.structure, "trial_status": t.status} for v, t in s.execute(query)]
+
+    # measurement runs ----------------------------------------------------------
+    def begin_measurement(self, sweep_id: str, protocol: dict[str, Any], on: str | None) -> int:
+        with Session(self.engine) as s, s.begin():
+            row = MeasurementRunRow(sweep_id=sweep_id, protocol_json=json.dumps(protocol, sort_keys=True), on=on)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def record_measurements(self, run_id: int, rows: list[dict[str, Any]]) -> None:
+        with Session(self.engine) as s, s.begin():
+            for fields in rows:
+                unknown = set(fields) - set(MEASUREMENT_FIELDS)
+                if unknown:
+                    raise KeyError(f"unknown measurement fields {sorted(unknown)}")
+                s.add(MeasurementRow(run_id=run_id, **fields))
+
+    def end_measurement(self, run_id: int, status: str, *, seconds: float, variants: int,
+                        error: str | None = None) -> None:
+        with Session(self.engine) as s, s.begin():
+            row = s.get(MeasurementRunRow, run_id)
+            row.status, row.seconds, row.variants, row.error = status, seconds, variants, error
+            row.finished_at = utcnow()
+
+    def measurement_runs(self, sweep_id: str) -> list[dict[str, Any]]:
+        """The sweep's measurement runs, oldest first."""
+        with Session(self.engine) as s:
+            query = select(MeasurementRunRow).where(MeasurementRunRow.sweep_id == sweep_id).order_by(
+                MeasurementRunRow.id)
+            return [_as_dict(r) for r in s.scalars(query)]
+
+    def measurements(self, sweep_id: str, run_id: int | None = None) -> list[dict[str, Any]]:
+        """The measurements of one run (default: the sweep's latest finished run), each with
+        its variant's format and its trial's key, model, pruner, rate and kind."""
+        with Session(self.engine) as s:
+            if run_id is None:
+                run_id = s.scalars(select(MeasurementRunRow.id).where(
+                    MeasurementRunRow.sweep_id == sweep_id, MeasurementRunRow.status == "finished")
+                    .order_by(MeasurementRunRow.id.desc())).first()
+                if run_id is None:
+                    return []
+            query = (select(MeasurementRow, VariantRow, TrialRow)
+                     .join(VariantRow, VariantRow.id == MeasurementRow.variant_id)
+                     .join(TrialRow, _VARIANT_OF_TRIAL)
+                     .where(MeasurementRow.run_id == run_id)
+                     .order_by(TrialRow.model, TrialRow.kind, TrialRow.pruner, TrialRow.rate, VariantRow.format,
+                               MeasurementRow.batch_size))
+            return [{**_as_dict(m), "format": v.format, "runtime": v.runtime, "trial_key": t.key, "model": t.model,
+                     "kind": t.kind, "pruner": t.pruner, "rate": t.rate, "structure": t.structure}
+                    for m, v, t in s.execute(query)]
+
+    def set_latency(self, sweep_id: str, trial_key: str, latency_ms: float | None, source: str | None) -> None:
+        with Session(self.engine) as s, s.begin():
+            row = self._row(s, sweep_id, trial_key)
+            row.latency_ms, row.latency_source = latency_ms, source
 
     @staticmethod
     def _row(s: Session, sweep_id: str, key: str) -> TrialRow:

@@ -20,11 +20,13 @@ from tqdm import tqdm
 
 from model_zoo import WeightsUnavailableError
 from model_zoo._registry import fetch_imagenet_weights
+from sweep_service.coordinator import measurement
 from sweep_service.coordinator.cluster import cluster_slots, start_ray
 from sweep_service.coordinator.config import SweepConfig
 from sweep_service.coordinator.grid import expand
 from sweep_service.coordinator.scheduler import PROBE, FormatProbe, Scheduler, Task, completed_in_order
 from sweep_service.coordinator.store import ResultStore
+from sweep_service.coordinator.variants import artifact_stem, missing_variants, save_variants
 from sweep_service.files import write_atomic
 from sweep_service.plugins import plugins_dir
 from sweep_service.provenance import library_versions
@@ -55,6 +57,7 @@ class SweepSummary:
     wall_s: float
     report: Path | None = None
     failed: list[str] = field(default_factory=list)
+    measured: measurement.StageResult | None = None
 
     @property
     def ok(self) -> bool:
@@ -74,6 +77,10 @@ def prepare_inputs(config: SweepConfig) -> None:
                 fetch_imagenet_weights(model, config.weights_dir)
             except WeightsUnavailableError as exc:
                 raise SweepAborted(str(exc)) from None
+    try:
+        measurement.check_reachable(config.measure.on)
+    except measurement.MeasurementUnavailable as exc:
+        raise SweepAborted(str(exc)) from None
 
 
 class Dispatcher:
@@ -161,6 +168,8 @@ class Dispatcher:
             if task.kind == BASELINE:
                 self.checkpoints[task.key] = self.ray.put(artifact)
         self.store.record(self.sweep_id, task.key, result)
+        if output is not None and output.variants:
+            save_variants(self.store, self.sweep_id, task, output.variants, self.models_dir)
         self.store.link_baselines(self.sweep_id)
         self.ran += 1
         self._log(task, result)
@@ -184,8 +193,7 @@ class Dispatcher:
         self._log(spec, result)
 
     def _save(self, spec: TrialSpec, artifact: bytes) -> Path:
-        stem = f"{spec.model}-baseline" if spec.kind == BASELINE else f"{spec.model}-{spec.pruner}-{spec.rate:.2f}"
-        path = self.models_dir / f"{stem}-{spec.key}.pt"
+        path = self.models_dir / f"{artifact_stem(spec)}.pt"
         write_atomic(path, artifact)
         return path
 
@@ -238,7 +246,8 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
               f"{len(config.pruners)} pruners x {len(config.rates)} rates + baselines), "
               f"{skipped} already done, {todo} to run; data: {datasets.describe(config.dataset)}, "
               f"weights: {config.weights}", flush=True)
-        if scheduler.finished:
+        if scheduler.finished and not (missing_variants(store, sweep_id, specs)
+                                       or measurement.needs_measuring(store, sweep_id)):
             return _finish(store, sweep_id, 0, skipped, started, report_dir, [])
 
         ray = start_ray()
@@ -252,13 +261,15 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
                 dispatcher.checkpoints[key] = ray.put(path.read_bytes())
             dispatcher.run(report_dir)
             bar.close()
+            stage = measurement.after_trials(ray, config, store, sweep_id, specs, wait_s=WORKER_WAIT_S,
+                                             log=print)
         except KeyboardInterrupt:
             store.reset_unfinished(sweep_id)
             store.end_sweep(sweep_id, "interrupted")
             raise
         finally:
             ray.shutdown()
-        return _finish(store, sweep_id, dispatcher.ran, skipped, started, report_dir, dispatcher.failed)
+        return _finish(store, sweep_id, dispatcher.ran, skipped, started, report_dir, dispatcher.failed, stage)
 
 
 def refresh_report(database: Path, report_dir: Path, sweep_id: str) -> Path | None:
@@ -274,13 +285,16 @@ def refresh_report(database: Path, report_dir: Path, sweep_id: str) -> Path | No
 
 
 def _finish(store: ResultStore, sweep_id: str, ran: int, skipped: int, started: float,
-            report_dir: Path, failed: list[str]) -> SweepSummary:
+            report_dir: Path, failed: list[str], stage: measurement.StageResult | None = None) -> SweepSummary:
     summary = SweepSummary(sweep_id, store.counts(sweep_id), ran, skipped, time.time() - started,
-                           failed=failed)
+                           failed=failed, measured=stage)
     store.end_sweep(sweep_id, "finished" if summary.ok else "incomplete")
     summary.report = refresh_report(store.path, report_dir, sweep_id)
     print(f"sweep {sweep_id} finished in {summary.wall_s:.0f} s: ran {ran}, skipped {skipped} already done; "
           + ", ".join(f"{n} {status}" for status, n in summary.counts.items()))
+    if stage is not None:
+        print(f"  the measurement stage took {stage.seconds:.1f} s, {stage.seconds / summary.wall_s:.1%} of "
+              "the sweep's wall time")
     for line in failed:
         print(f"  failed: {line}")
     print(f"results: {store.path}" + (f"\nreport:  {summary.report}" if summary.report else ""))

@@ -2,10 +2,13 @@
 
 A baseline trial fine-tunes the pretrained model with a new 10-class head. A pruned
 trial starts from the baseline's checkpoint (or the pretrained weights), asks its
-plugin for masks, removes the masked channels with NNI's ModelSpeedup, fine-tunes,
-evaluates and measures. Failures come back as results with the error text, never as
-exceptions, so one bad trial never stops a sweep (only a dead worker raises, and the
-coordinator retries the trial).
+plugin for masks, removes the masked channels with NNI's ModelSpeedup (or, for an
+unstructured plugin, keeps the masked weights at zero), fine-tunes, evaluates, counts
+its parameters and MACs, and exports its deployable variants (ONNX fp32, and fp16/int8
+as the sweep asks), each evaluated in ONNX Runtime. Latency and memory are measured
+later, by the sweep's measurement stage, never beside training. Failures come back as
+results with the error text, never as exceptions, so one bad trial never stops a sweep
+(only a dead worker raises, and the coordinator retries the trial).
 
 Workers are reused across trials, so the data set and the imports are kept per process.
 """
@@ -25,15 +28,16 @@ import psutil
 import torch
 
 from model_zoo import create_model
-from sweep_service.plugins import get_plugin
+from sweep_service.plugins import UNSTRUCTURED, get_plugin
 from sweep_service.quiet import quiet_nni
 from sweep_service.spec import BASELINE, COMPLETED, FAILED, TrialSpec
 from sweep_service.worker import data as datasets
-from sweep_service.worker import heap
+from sweep_service.worker import heap, unstructured
 from sweep_service.worker.compute import Compute, probe_formats
-from sweep_service.worker.measure import count_macs, count_params, cpu_latency_ms
+from sweep_service.worker.measure import count_macs, count_params
 from sweep_service.worker.pruning import check_masks, select_layers, speedup
 from sweep_service.worker.training import evaluate, train
+from sweep_service.worker.variants import Variant, make_variants
 
 
 @dataclass
@@ -43,6 +47,7 @@ class TrialOutput:
     result: dict[str, Any]
     artifact: bytes | None = None  # baseline: state_dict; pruned: the whole pruned module
     started_at: float = 0.0  # wall clock, for the coordinator's wait-time figure
+    variants: list[Variant] = field(default_factory=list)  # the ONNX files to save, with their figures
 
 
 @dataclass
@@ -75,6 +80,8 @@ def prepare_process() -> float:
     with quiet_nni():
         import nni.compression.pruning  # noqa: F401
         import nni.compression.speedup  # noqa: F401
+        import onnxruntime.quantization  # noqa: F401
+        import onnxscript  # noqa: F401  (torch's ONNX exporter)
     return time.perf_counter() - start
 
 
@@ -111,6 +118,7 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
     startup_start = time.perf_counter()
     result: dict[str, Any] = {"worker_host": socket.gethostname(), "worker_pid": os.getpid()}
     artifact = model = masks = None
+    variants: list[Variant] = []
     try:
         threads = _threads_for(spec)
         torch.set_num_threads(threads)
@@ -145,15 +153,22 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
                                                      max_batches=spec.calibration_batches)
             masks = phases.run("prune", plugin.masks, copy.deepcopy(model).eval(), spec.rate,
                                layers, calibration)
-            phases.run("prune", check_masks, model, masks, layers, spec.rate)
-            model = phases.run("speedup", speedup, model, masks, spec.image_size)
+            result["structure"] = plugin.structure
+            if plugin.structure == UNSTRUCTURED:
+                phases.run("prune", unstructured.check_weight_masks, model, masks, layers, spec.rate)
+                unstructured.apply_masks(model, masks)
+            else:
+                phases.run("prune", check_masks, model, masks, layers, spec.rate)
+                model = phases.run("speedup", speedup, model, masks, spec.image_size)
 
         model.to(device)
         phases.run("finetune", train, model, train_batches, epochs=spec.epochs,
                    optimizer_settings=spec.optimizer, device=device,
                    steps_per_epoch=len(train_batches), compute=chosen)
+        if result.get("structure") == UNSTRUCTURED:
+            unstructured.make_permanent(model, masks)
         accuracy = phases.run("eval", evaluate, model, test_batches, device, chosen)
-        # Measured and shipped in the standard layout, whatever layout trained it.
+        # Counted, exported and shipped in the standard layout, whatever layout trained it.
         model.cpu().to(memory_format=torch.contiguous_format)
 
         def measure() -> tuple[dict[str, Any], bytes]:
@@ -164,11 +179,16 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
                 param_reduction=1 - params_after / params_before,
                 macs_after=macs_after,
                 mac_reduction=1 - macs_after / macs_before,
+                weights_zeroed=unstructured.zero_share(model),
                 model_size_bytes=len(saved),
-                latency_ms=cpu_latency_ms(model, spec.image_size, runs=spec.latency_runs),
             ), saved
 
         figures, artifact = phases.run("measure", measure)
+        calibration_batches = datasets.TensorBatches(train_set, batch_size=spec.batch_size,
+                                                     image_size=spec.image_size,
+                                                     max_batches=spec.calibration_batches)
+        variants = phases.run("export", make_variants, model, spec.quantize, image_size=spec.image_size,
+                              calibration=calibration_batches, test_batches=test_batches, threads=threads)
         result.update(figures, accuracy=accuracy, status=COMPLETED)
     except Exception as exc:
         tail = "".join(traceback.format_exception(exc)[-3:]).strip()
@@ -179,7 +199,7 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
     heap.release()
     result["worker_rss_mb"] = psutil.Process().memory_info().rss / 2**20
     result["worker_shared_mb"] = _object_store_pages_mb()
-    return TrialOutput(result=result, artifact=artifact, started_at=started_at)
+    return TrialOutput(result=result, artifact=artifact, started_at=started_at, variants=variants)
 
 
 def run_on_worker(spec: TrialSpec, checkpoint: list, plugins_folder: str, compute: str) -> TrialOutput:
@@ -206,6 +226,33 @@ def measure_formats(spec: TrialSpec) -> dict[str, float]:
     labels = torch.randint(0, 10, (spec.batch_size,))
     try:
         return probe_formats(model, (inputs, labels), _device_for(spec), spec.optimizer)
+    finally:
+        model = None
+        heap.release()
+
+
+def export_saved_model(spec: TrialSpec, artifact: bytes, formats: tuple[str, ...]) -> list[Variant]:
+    """The Ray task that makes `formats` variants of a completed trial from its saved model
+    (`artifact`), without retraining: for a sweep that asks for more variants than its
+    finished trials were made with."""
+    prepare_process()
+    threads = _threads_for(spec)
+    torch.set_num_threads(threads)
+    splits = datasets.load(spec.dataset, spec.data_root)
+    train_set = datasets.subset(splits.train, spec.train_subset, spec.seed)
+    test_set = datasets.subset(splits.test, spec.test_subset, spec.seed + 1)
+    if spec.kind == BASELINE:
+        model = create_model(spec.model, weights="none")
+        model.load_state_dict(torch.load(io.BytesIO(artifact), map_location="cpu", weights_only=True))
+    else:  # the whole pruned module, whose shape only it knows; written by this service
+        model = torch.load(io.BytesIO(artifact), map_location="cpu", weights_only=False)
+    try:
+        return make_variants(
+            model, formats, image_size=spec.image_size, threads=threads,
+            calibration=datasets.TensorBatches(train_set, batch_size=spec.batch_size, image_size=spec.image_size,
+                                               max_batches=spec.calibration_batches),
+            test_batches=datasets.TensorBatches(test_set, batch_size=spec.eval_batch_size,
+                                                image_size=spec.image_size))
     finally:
         model = None
         heap.release()
