@@ -12,6 +12,9 @@ small randomly initialised models, and reports one line per check:
   any other masked weight as it is);
 - speedup: NNI's ModelSpeedup removes the masked channels, the pruned model still runs
   and has fewer parameters.
+A plugin declaring `structure = "unstructured"` is checked for what trials do with it
+instead: rate (the share of single weights masked), structure (declared), and kept: its
+masks applied, a training step taken and made permanent, the masked weights are still zero.
 The validation is the one trials use (`sweep_service.pruning.check_masks`), so a plugin
 that passes here is not failed by a trial for its masks.
 """
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from sweep_service.plugins import (
     ENTRY_POINT_GROUP,
+    UNSTRUCTURED,
     Masks,
     PluginEntry,
     PluginError,
@@ -115,7 +119,7 @@ def _short_source(source: str) -> str:
 class CheckResult:
     model: str
     rate: float
-    check: str  # runs, fit, rate, structure, speedup
+    check: str  # runs, fit, rate, structure, speedup (or kept, for unstructured plugins)
     status: str  # PASS, FAIL, WARN (worth knowing, not a failure), SKIP (an earlier check failed)
     detail: str
 
@@ -210,12 +214,14 @@ def _check_one(entry: PluginEntry, model: nn.Module, model_name: str, layers: li
 
     torch.manual_seed(0)  # trials seed torch too; seeded plugins give the same masks each run
     data = _calibration_batches(image_size) if entry.cls.needs_data else None
+    unstructured = entry.cls.structure == UNSTRUCTURED
+    last = "kept" if unstructured else "speedup"
     start = time.perf_counter()
     try:
         masks = entry.create().masks(copy.deepcopy(model).eval(), rate, list(layers), data)
     except Exception as exc:
         yield result("runs", FAIL, f"masks() raised {type(exc).__name__}: {_first_line(exc)}")
-        for check in ("fit", "rate", "structure", "speedup"):
+        for check in ("fit", "rate", "structure", last):
             yield result(check, SKIP, "no masks")
         return
     yield result("runs", PASS, f"masks() returned in {time.perf_counter() - start:.1f} s")
@@ -224,11 +230,14 @@ def _check_one(entry: PluginEntry, model: nn.Module, model_name: str, layers: li
         check_fit(model, masks, layers)
     except MaskError as exc:
         yield result("fit", FAIL, str(exc))
-        for check in ("rate", "structure", "speedup"):
+        for check in ("rate", "structure", last):
             yield result(check, SKIP, "masks do not fit the model")
         return
     yield result("fit", PASS, f"{len(masks)} masks, all for selected layers ({len(layers)} selected); "
                               "shapes match the parameters; values 0/1")
+    if unstructured:
+        yield from _check_unstructured(model, masks, layers, rate, image_size, result)
+        return
     # The same test as a trial's (check_masks): speedup removes only whole filters.
     masked, removable = masked_share(model, masks, layers)
     ok = abs(removable - rate) <= RATE_TOLERANCE
@@ -273,6 +282,36 @@ def _check_speedup(model: nn.Module, masks: Masks, image_size: int, removes_filt
                       f"ModelSpeedup ran but removed nothing although whole filters are masked; {change}")
     note = "" if removes_filters else " (no whole filter masked: nothing to remove)"
     return result("speedup", PASS, f"ModelSpeedup ran in {took:.1f} s, forward OK; {change}{note}")
+
+
+def _check_unstructured(model: nn.Module, masks: Masks, layers: list[str], rate: float, image_size: int,
+                        result: Callable[[str, str, str], CheckResult]) -> Iterator[CheckResult]:
+    """What a trial does with an unstructured plugin's masks: apply them, train, make them
+    permanent (sweep_service.worker.unstructured)."""
+    import torch
+
+    from sweep_service.worker import unstructured
+    from sweep_service.worker.pruning import RATE_TOLERANCE, masked_share
+
+    masked, _ = masked_share(model, masks, layers)
+    yield result("rate", PASS if abs(masked - rate) <= RATE_TOLERANCE else FAIL,
+                 f"masks zero {masked:.1%} of the selected layers' weights, requested {rate:.0%} "
+                 f"(tolerance ±{RATE_TOLERANCE * 100:.0f} points)")
+    yield result("structure", PASS, "unstructured (declared): weights zeroed and kept zero, none removed, no speedup")
+    pruned = unstructured.apply_masks(copy.deepcopy(model).train(), masks)
+    optimizer = torch.optim.SGD(pruned.parameters(), lr=0.1, weight_decay=5e-4)
+    inputs, labels = _calibration_batches(image_size)[0]
+    torch.nn.functional.cross_entropy(pruned(inputs), labels).backward()
+    optimizer.step()
+    unstructured.make_permanent(pruned, masks)
+    modules = dict(pruned.named_modules())
+    moved = [f"{name}.{param}" for name, by_param in masks.items() for param, mask in by_param.items()
+             if bool((getattr(modules[name], param)[mask == 0] != 0).any())]
+    if moved:
+        yield result("kept", FAIL, f"masked weights are not zero after a training step: {moved[:3]}")
+    else:
+        yield result("kept", PASS, "masked weights stay zero through a training step and after the masks "
+                                   "are made permanent")
 
 
 def _calibration_batches(image_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -36,6 +36,13 @@ def test_valid_config_resolves_paths_and_rate_ranges(tiny_config):
         ({"optimizer": {"name": "lbfgs"}}, ["optimizer.name", "'sgd' or 'adamw'"]),
         ({"epochs": 3}, ["epochs", "unknown field", "finetune_epochs"]),
         ({"layers": {"type": ["Conv2d"]}}, ["layers.type", "unknown field", "types"]),
+        ({"quantize": ["int8"]}, ["quantize", "must include fp32"]),
+        ({"quantize": ["fp32", "int4"]}, ["quantize.1", "'fp32', 'fp16' or 'int8'"]),
+        ({"measure": {"on": "edge node"}}, ["measure.on", "not a Ray resource name"]),
+        ({"measure": {"batch_sizes": [1, 8, 1]}}, ["measure.batch_sizes", "repeat"]),
+        ({"measure": {"runs": 0}}, ["measure.runs", "greater than 0"]),
+        ({"measure": {"thread": 2}}, ["measure.thread", "unknown field", "threads"]),
+        ({"latency_runs": 5}, ["latency_runs", "measure.runs"]),
     ],
 )
 def test_bad_field_names_the_field_and_allowed_values(tiny_config, changes, expected):

@@ -15,7 +15,7 @@ from sweep_service.plugins import plugins_dir
 from sweep_service.worker import heap
 
 # Run by Ray in each worker process as it starts (runtime_env's worker_process_setup_hook).
-WORKER_SETUP_HOOK = "sweep_service.worker.trial.prepare_process"
+WORKER_SETUP_HOOK = "sweep_service.worker.setup.prepare_process"
 
 
 def worker_runtime_env() -> dict:

@@ -6,6 +6,7 @@ final config is what gets stored with the results.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,8 +70,6 @@ class Constraints(_Strict):
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
 
 
-# Post-training variants a trial can ship in (sweep_service.worker.variants).
-QUANTIZE = ("fp32", "fp16", "int8")
 RESOURCE_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
 
 
@@ -85,7 +84,14 @@ class MeasureSettings(_Strict):
     runs: PositiveInt = 20  # timed calls per model in each round
     # A Ray custom resource: measure on a node started with `--resources '{"<on>": 1}'`.
     # None: on the node of the cluster with the most CPUs, once its trials are done.
-    on: str | None = Field(None, pattern=RESOURCE_NAME)
+    on: str | None = None
+
+    @field_validator("on")
+    @classmethod
+    def _resource_name(cls, on: str | None) -> str | None:
+        if on is not None and not re.fullmatch(RESOURCE_NAME, on):
+            raise ValueError(f"{on!r} is not a Ray resource name (letters, digits, '_', '.', '-'), e.g. edge")
+        return on
 
     @field_validator("batch_sizes")
     @classmethod
@@ -173,7 +179,9 @@ class SweepConfig(_Strict):
                              f"and compared with; got {formats}")
         if len(set(formats)) != len(formats):
             raise ValueError(f"formats repeat: {formats}")
-        return [f for f in QUANTIZE if f in formats]
+        from sweep_service.worker.runtime import FORMATS
+
+        return [f for f in FORMATS if f in formats]
 
     @field_validator("models")
     @classmethod

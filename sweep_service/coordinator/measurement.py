@@ -33,7 +33,7 @@ from typing import Any, Callable
 from sweep_service.coordinator.store import ResultStore
 from sweep_service.coordinator.variants import make_missing_variants
 from sweep_service.spec import BASELINE, COMPLETED
-from sweep_service.worker.variants import FORMATS
+from sweep_service.worker.runtime import FORMATS
 
 # Model files one measuring process loads at once: ONNX Runtime holds about 1.5-4x a
 # file's size in memory, so a group stays well within a small device's RAM.

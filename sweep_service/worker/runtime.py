@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+# The formats a model ships in (sweep_service.worker.variants), in the order they are made.
+FP32, FP16, INT8 = "fp32", "fp16", "int8"
+FORMATS = (FP32, FP16, INT8)
 
 
 def runtime_name() -> str:

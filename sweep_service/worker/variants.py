@@ -34,10 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sweep_service.worker.runtime import INPUT_NAME, OUTPUT_NAME, runtime_name, session
+from sweep_service.worker.runtime import FORMATS, FP16, FP32, INPUT_NAME, INT8, OUTPUT_NAME, runtime_name, session
 
-FP32, FP16, INT8 = "fp32", "fp16", "int8"
-FORMATS = (FP32, FP16, INT8)
 # The level `gzip` and zip use by default: the size a user sees after compressing the file.
 COMPRESSION_LEVEL = 6
 

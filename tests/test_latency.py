@@ -1,0 +1,68 @@
+"""The measuring protocol: its statistics (pure), the grouping and comparison the stage
+relies on (pure), and a real run in fresh processes on two small exported models."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from model_zoo import create_model
+from sweep_service.coordinator.measurement import groups, slower_than_baseline
+from sweep_service.worker.latency import measure_on_node, node_identity, summarize, usable_cpus
+from sweep_service.worker.variants import export_onnx, quantize_int8
+
+
+def test_summary_of_timed_calls():
+    samples = [i / 1000 for i in range(1, 101)]  # 1 ... 100 ms
+    figures = summarize(samples, round_medians=[0.040, 0.050, 0.060])
+    assert figures["latency_ms"] == pytest.approx(50.5)
+    assert figures["latency_p10_ms"] == pytest.approx(10.9)
+    assert figures["latency_p90_ms"] == pytest.approx(90.1)
+    assert figures["round_spread"] == pytest.approx(0.4)  # (60 - 40) / 50
+    assert figures["round_medians_ms"] == pytest.approx([40, 50, 60])
+
+
+def test_really_slower_needs_nine_rounds_of_ten():
+    baseline = {"round_medians_json": json.dumps([1.0] * 10)}
+    slower_in = lambda n: {"round_medians_json": json.dumps([1.1] * n + [0.9] * (10 - n))}  # noqa: E731
+    assert slower_than_baseline(slower_in(10), baseline) and slower_than_baseline(slower_in(9), baseline)
+    assert not slower_than_baseline(slower_in(8), baseline)
+    assert not slower_than_baseline(slower_in(0), baseline)
+
+
+def test_groups_keep_a_model_whole_and_respect_the_size_limit():
+    variants = [{"model": m, "size_bytes": size} for m, size in
+                [("a", 40), ("a", 10), ("b", 30), ("c", 90), ("c", 20), ("d", 5)]]
+    packed = groups(variants, limit=100)
+    assert [[v["model"] for v in g] for g in packed] == [["a", "a", "b"], ["c", "c"], ["d"]]
+    assert groups(variants, limit=10**9) == [variants]
+
+
+def test_node_identity_names_host_and_cpu():
+    node = node_identity()
+    assert node["node_host"] and node["cpu_model"] and node["cpu_arch"]
+    assert 0 < node["cpus"] == usable_cpus() <= os.cpu_count()
+
+
+@pytest.fixture(scope="module")
+def two_models() -> dict[str, bytes]:
+    torch.manual_seed(0)
+    fp32 = export_onnx(create_model("resnet18", weights="none").eval(), 32)
+    return {"fp32": fp32, "int8": quantize_int8(fp32, [torch.randn(8, 3, 32, 32).numpy()])}
+
+
+def test_protocol_runs_in_fresh_processes(two_models):
+    protocol = dict(threads=1, batch_sizes=[1, 4], warmup=2, rounds=4, runs=5, image_size=32)
+    answer = measure_on_node(two_models, protocol, parallel=2)
+    assert set(answer["models"]) == {"fp32", "int8"} and answer["node"]["cpu_model"]
+    for by_batch in answer["models"].values():
+        assert set(by_batch) == {1, 4}
+        for figures in by_batch.values():
+            assert 0 < figures["latency_p10_ms"] <= figures["latency_ms"] <= figures["latency_p90_ms"]
+            assert len(figures["round_medians_ms"]) == 4
+            # a fresh process: the interpreter, numpy and ONNX Runtime, then the model
+            assert 40 < figures["peak_rss_mb"] < 600
+    peaks = {name: by_batch[1]["peak_rss_mb"] for name, by_batch in answer["models"].items()}
+    assert peaks["int8"] < peaks["fp32"]  # 11 MB of int8 weights against 45 MB of float32
