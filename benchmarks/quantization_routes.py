@@ -66,7 +66,7 @@ def quantize_fx(model: torch.nn.Module, calibration: list[torch.Tensor]) -> tupl
             for batch in calibration:
                 prepared(batch)
         converted = convert_fx(prepared)
-    return converted, sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0][:110]}" for w in caught})
+    return converted, sorted({f"{w.category.__name__}: {' '.join(str(w.message).split())[:90]}" for w in caught})
 
 
 def torchscript(model: torch.nn.Module, example: torch.Tensor) -> bytes:
@@ -141,8 +141,9 @@ def main() -> None:
         torch.set_num_threads(1)
         start = time.perf_counter()
         fp32 = export_onnx(model, 32)
+        export_seconds = time.perf_counter() - start
         int8 = quantize_int8(fp32, [x.numpy() for x in calibration])
-        ort_seconds = time.perf_counter() - start
+        ort_seconds = time.perf_counter() - start - export_seconds
         start = time.perf_counter()
         fx, caught = quantize_fx(model, calibration)
         fx_seconds = time.perf_counter() - start
@@ -151,9 +152,9 @@ def main() -> None:
         sessions = {fmt: session(data, 1) for fmt, data in (("fp32", fp32), ("int8", int8))}
         state = io.BytesIO()
         torch.save(model.state_dict(), state)
-        variants = {  # route: (predict, file bytes, seconds to quantize)
+        variants = {  # route: (predict, file bytes, seconds to make it from the trained model)
             "torch eager fp32": (model, len(state.getvalue()), None),
-            "ONNX Runtime fp32": (ort(sessions["fp32"]), len(fp32), None),
+            "ONNX Runtime fp32": (ort(sessions["fp32"]), len(fp32), export_seconds),
             "ONNX Runtime int8": (ort(sessions["int8"]), len(int8), ort_seconds),
             "torch.ao FX int8": (fx, len(scripted), fx_seconds),
             "torch.ao FX int8, TorchScript": (fx_ts, len(scripted), fx_seconds),
@@ -163,13 +164,13 @@ def main() -> None:
                 rows.append(dict(model=name, route=route, accuracy=accuracy(predict, test), mb=size / 1e6,
                                  seconds=seconds))
                 calls[f"{name}/{route}"] = (lambda p=predict: p(x1))
-        notes.append(f"{name}: FX model reloads with torch.load: {reloads_with_torch_load(fx)}; "
-                     f"FX warnings: {'; '.join(caught) or 'none'}")
+        notes.append(f"{name}: the FX model reloads with torch.load: {reloads_with_torch_load(fx)}; "
+                     "torch.ao warned:\n  " + ("\n  ".join(caught) or "nothing"))
     with torch.inference_mode():
         timed = interleaved_latency(calls)
     print(f"\nbatch 1, 1 thread, {ROUNDS} rounds x {RUNS} calls interleaved across all variants; "
           f"{args.test_subset} synthetic test images; {CALIBRATION_BATCHES} calibration batches of {BATCH}\n")
-    print(f"{'model':<14} {'route':<31} {'accuracy':>8} {'MB':>7} {'quantize s':>10}  "
+    print(f"{'model':<14} {'route':<31} {'accuracy':>8} {'MB':>7} {'make s':>10}  "
           f"{'latency ms [p10-p90]':<22} {'vs fp32':>7}")
     for row in rows:
         figures = timed[f"{row['model']}/{row['route']}"]
@@ -179,7 +180,8 @@ def main() -> None:
         print(f"{row['model']:<14} {row['route']:<31} {row['accuracy']:>8.1%} {row['mb']:>7.2f} {seconds:>10}  "
               f"{figures['latency_ms']:.3f} [{figures['latency_p10_ms']:.3f}-{figures['latency_p90_ms']:.3f}]"
               f"{'':<2} {reference / figures['latency_ms']:>6.2f}x")
-    print("\n(vs fp32: speed-up over the same runtime's fp32; FX int8 against torch eager fp32)")
+    print("\n(make s: ONNX fp32 = export, ONNX int8 = quantization of the export, FX int8 = prepare, calibrate "
+          "and convert; vs fp32: speed-up over the same runtime's fp32, FX int8 against torch eager fp32)")
     for note in notes:
         print(note)
 

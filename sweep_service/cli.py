@@ -6,6 +6,7 @@ each handler returns the process exit code.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -78,7 +79,12 @@ def _measure(args: argparse.Namespace) -> int:
     from sweep_service.quiet import silence_libraries
 
     silence_libraries()
-    ray = start_ray()
+    try:
+        ray = start_ray()
+    except Exception as exc:  # RAY_ADDRESS names no reachable cluster
+        print(f"error: cannot join the Ray cluster at {os.environ.get('RAY_ADDRESS') or '(local)'}: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     try:
         stage = measurement.run_stage(ray, store, sweep["sweep_id"], settings, image_size, on=on,
                                       wait_s=args.wait)

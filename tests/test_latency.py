@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model_zoo import create_model
-from sweep_service.coordinator.measurement import groups, slower_than_baseline
+from sweep_service.coordinator.measurement import FASTER, SAME, SLOWER, compare_latency, groups
 from sweep_service.worker.latency import measure_on_node, node_identity, summarize, usable_cpus
 from sweep_service.worker.variants import export_onnx, quantize_int8
 
@@ -24,12 +24,13 @@ def test_summary_of_timed_calls():
     assert figures["round_medians_ms"] == pytest.approx([40, 50, 60])
 
 
-def test_really_slower_needs_nine_rounds_of_ten():
+def test_a_difference_counts_when_nine_rounds_of_ten_agree():
     baseline = {"round_medians_json": json.dumps([1.0] * 10)}
     slower_in = lambda n: {"round_medians_json": json.dumps([1.1] * n + [0.9] * (10 - n))}  # noqa: E731
-    assert slower_than_baseline(slower_in(10), baseline) and slower_than_baseline(slower_in(9), baseline)
-    assert not slower_than_baseline(slower_in(8), baseline)
-    assert not slower_than_baseline(slower_in(0), baseline)
+    assert compare_latency(slower_in(10), baseline) == compare_latency(slower_in(9), baseline) == SLOWER
+    assert compare_latency(slower_in(8), baseline) == compare_latency(slower_in(2), baseline) == SAME
+    assert compare_latency(slower_in(1), baseline) == compare_latency(slower_in(0), baseline) == FASTER
+    assert compare_latency(baseline, baseline) == SAME
 
 
 def test_groups_keep_a_model_whole_and_respect_the_size_limit():

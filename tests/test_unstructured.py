@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from model_zoo import create_model
-from sweep_service.plugins import get_plugin
+from sweep_service.plugin_cli import PASS, check_plugin
+from sweep_service.plugins import PluginError, get_plugin, load_plugins
 from sweep_service.worker import unstructured
 from sweep_service.worker.compute import Compute
 from sweep_service.worker.pruning import MaskError, select_layers
@@ -43,6 +44,21 @@ def test_masked_weights_stay_zero_through_fine_tuning_and_after():
     selected = sum(modules[n].weight.numel() for n in layers)
     assert unstructured.zero_share(model) == pytest.approx(0.5 * selected / sum(p.numel() for p in model.parameters()),
                                                            abs=0.01)
+
+
+def test_level_plugin_passes_the_checks_of_an_unstructured_plugin():
+    results = check_plugin(load_plugins()["level"], ["mobilenet_v2"], [0.5])
+    assert [r.check for r in results] == ["runs", "fit", "rate", "structure", "kept"]
+    assert [r.status for r in results] == [PASS] * 5, [r.line() for r in results]
+
+
+def test_a_plugin_must_declare_a_known_structure(tmp_path):
+    (tmp_path / "odd.py").write_text(
+        "from sweep_service.nni_adapter import NNIPruner\n\n"
+        "class Odd(NNIPruner):\n    name = 'odd'\n    description = 'test'\n"
+        "    nni_pruner = 'LevelPruner'\n    structure = 'semi'\n")
+    with pytest.raises(PluginError, match="`structure` must be 'structured' or 'unstructured', got 'semi'"):
+        load_plugins(tmp_path)
 
 
 @pytest.mark.slow

@@ -39,10 +39,12 @@ from sweep_service.worker.runtime import FORMATS
 # file's size in memory, so a group stays well within a small device's RAM.
 GROUP_BYTES = 256 * 2**20
 FINISHED, FAILED = "finished", "failed"
-# A pruned model is "really" slower than its baseline when it was slower in at least this
-# share of the rounds, which took turns within each round: a sign test over 10 rounds gives
-# p < 0.011 at 9 of 10 (the chance that a model no slower loses 9 or 10 coin tosses).
-REALLY_SLOWER_ROUNDS = 0.9
+# One model is "really" slower (faster) than another measured in the same run when it was
+# slower (faster) in at least this share of the rounds, in which the two took turns: a sign
+# test over 10 rounds gives p < 0.011 at 9 of 10 (the chance that a model no slower loses 9
+# or 10 coin tosses). Otherwise the two are the same within the host's noise.
+CONSISTENT_ROUNDS = 0.9
+FASTER, SLOWER, SAME = "faster", "slower", "same"
 
 
 class MeasurementUnavailable(RuntimeError):
@@ -168,7 +170,7 @@ def run_stage(ray, store: ResultStore, sweep_id: str, settings, image_size: int,
                      round_medians_json=json.dumps(figures["round_medians_ms"]), peak_rss_mb=figures["peak_rss_mb"],
                      **identity)
                 for name, by_batch in answer["models"].items() for batch, figures in by_batch.items()])
-    except Exception as exc:
+    except BaseException as exc:  # interrupted too: the run's figures are incomplete
         store.end_measurement(run_id, FAILED, seconds=time.perf_counter() - started, variants=0,
                               error=f"{type(exc).__name__}: {exc}")
         raise
@@ -219,12 +221,17 @@ def _point_trials_at_fp32(store: ResultStore, sweep_id: str, run_id: int) -> Non
             store.set_latency(sweep_id, m["trial_key"], m["latency_ms"], source)
 
 
-def slower_than_baseline(pruned: dict[str, Any], baseline: dict[str, Any]) -> bool:
-    """Whether a pruned model (a measurement row) is really slower than its baseline (the
-    row of the same format, batch size and run): slower in at least REALLY_SLOWER_ROUNDS
-    of the rounds, in which the two ran one right after the other."""
-    ours, theirs = json.loads(pruned["round_medians_json"]), json.loads(baseline["round_medians_json"])
-    return sum(a > b for a, b in zip(ours, theirs)) >= REALLY_SLOWER_ROUNDS * len(ours)
+def compare_latency(model: dict[str, Any], reference: dict[str, Any]) -> str:
+    """FASTER, SLOWER or SAME: how a model's latency compares with a reference's (two
+    measurement rows of one run and batch size, e.g. a pruned model and its baseline), by
+    its rounds: a consistent difference (CONSISTENT_ROUNDS of the rounds, in which the two
+    ran one right after the other) or none that the host's noise would not explain."""
+    ours, theirs = json.loads(model["round_medians_json"]), json.loads(reference["round_medians_json"])
+    if sum(a > b for a, b in zip(ours, theirs)) >= CONSISTENT_ROUNDS * len(ours):
+        return SLOWER
+    if sum(a < b for a, b in zip(ours, theirs)) >= CONSISTENT_ROUNDS * len(ours):
+        return FASTER
+    return SAME
 
 
 def stage_share(store: ResultStore, sweep_id: str) -> tuple[float, float] | None:
