@@ -4,7 +4,8 @@ from __future__ import annotations
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
-_PACKAGES = ("sweep-service", "torch", "torchvision", "nni", "ray", "SQLAlchemy", "numpy")
+_PACKAGES = ("sweep-service", "torch", "torchvision", "nni", "ray", "SQLAlchemy", "numpy", "onnx", "onnxscript",
+             "onnxruntime")
 
 
 def library_versions() -> dict[str, str]:

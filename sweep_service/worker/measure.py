@@ -1,8 +1,6 @@
-"""What a trial measures about a model besides accuracy: size, arithmetic, latency."""
+"""What a trial counts about a model besides accuracy: parameters and arithmetic. (Latency
+and memory are measured by the measurement stage: sweep_service.worker.latency.)"""
 from __future__ import annotations
-
-import statistics
-import time
 
 import torch
 from torch import nn
@@ -27,16 +25,3 @@ def count_macs(model: nn.Module, image_size: int) -> int:
         model(torch.zeros(1, 3, image_size, image_size))
     return counter.get_total_flops() // 2
 
-
-def cpu_latency_ms(model: nn.Module, image_size: int, runs: int = 20, warmup: int = 3) -> float:
-    """Median wall time of a batch-1 forward pass on CPU, in milliseconds."""
-    model = model.eval()
-    x = torch.rand(1, 3, image_size, image_size)
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            start = time.perf_counter()
-            model(x)
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
