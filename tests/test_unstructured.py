@@ -34,7 +34,7 @@ def test_masked_weights_stay_zero_through_fine_tuning_and_after():
     train(model, batches, epochs=1, optimizer_settings={"name": "sgd", "lr": 0.1, "momentum": 0.9,
                                                         "weight_decay": 5e-4},
           device=torch.device("cpu"), steps_per_epoch=3, compute=Compute("fp32", channels_last=True))
-    unstructured.make_permanent(model, masks)
+    unstructured.make_permanent(model)
     modules = dict(model.named_modules())
     for name, by_param in masks.items():
         weight = modules[name].weight

@@ -37,13 +37,16 @@ def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
     return model
 
 
-def make_permanent(model: nn.Module, masks: Masks) -> nn.Module:
+def make_permanent(model: nn.Module) -> nn.Module:
     """Replace each parameter `apply_masks` masked by its masked value, as a plain
-    parameter (in place)."""
-    modules = dict(model.named_modules())
-    for name, by_param in masks.items():
-        for param in by_param:
-            prune.remove(modules[name], param)
+    parameter (in place). `custom_from_mask` keeps a parameter `<name>` as `<name>_orig`
+    and `<name>_mask`; those pairs are what is made permanent."""
+    for module in model.modules():
+        params = {name for name, _ in module.named_parameters(recurse=False)}
+        for buffer, _ in list(module.named_buffers(recurse=False)):
+            name = buffer.removesuffix("_mask")
+            if buffer.endswith("_mask") and f"{name}_orig" in params and prune.is_pruned(module):
+                prune.remove(module, name)
     return model
 
 
