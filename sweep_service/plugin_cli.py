@@ -12,6 +12,9 @@ small randomly initialised models, and reports one line per check:
   any other masked weight as it is);
 - speedup: NNI's ModelSpeedup removes the masked channels, the pruned model still runs
   and has fewer parameters.
+Each call into the plugin and into speedup runs under a time limit (`--time-limit`): one that
+does not return in time is a FAIL, and the command ends there (a sweep would cancel such a
+trial at its `trial_timeout_s`).
 The validation is the one trials use (`sweep_service.pruning.check_masks`), so a plugin
 that passes here is not failed by a trial for its masks.
 """
@@ -20,7 +23,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +43,7 @@ from sweep_service.plugins import (
 DEFAULT_MODELS = ("resnet18", "mobilenet_v2")  # residual adds; depthwise convs
 DEFAULT_RATES = (0.3, 0.7)
 CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE = 2, 16
+TIME_LIMIT_S = 120.0  # per call of masks() or speedup, on these small models
 NUM_CLASSES = 10
 
 PASS, FAIL, WARN, SKIP = "PASS", "FAIL", "WARN", "SKIP"
@@ -72,6 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--rates", nargs="+", type=float, default=list(DEFAULT_RATES), metavar="RATE",
                        help=f"pruning rates, fractions in (0, 1) (default: {' '.join(map(str, DEFAULT_RATES))})")
     check.add_argument("--image-size", type=int, default=32, help="input size in pixels (default: 32)")
+    check.add_argument("--time-limit", type=float, default=TIME_LIMIT_S, metavar="SECONDS",
+                       help=f"longest a call of masks() or of speedup may take (default: {TIME_LIMIT_S:.0f})")
     _add_plugins_dir(check)
     check.set_defaults(func=check_handler)
 
@@ -97,7 +105,10 @@ def list_handler(args: argparse.Namespace) -> int:
     folder = Path(args.plugins_dir).resolve() if args.plugins_dir else plugins_dir()
     print(f"\n{len(plugins)} pruners: *.py files in {_short_source(str(folder))}/ and entry points in "
           f"the group {ENTRY_POINT_GROUP!r}. DATA: the plugin asks for calibration batches.")
-    return 0
+    for problem in plugins.broken.values():
+        print(f"error: {problem}", file=sys.stderr)
+    # Sweeps that do not use a broken file's plugins still run; the listing says it is broken.
+    return 1 if plugins.broken else 0
 
 
 def _short_source(source: str) -> str:
@@ -118,6 +129,7 @@ class CheckResult:
     check: str  # runs, fit, rate, structure, speedup
     status: str  # PASS, FAIL, WARN (worth knowing, not a failure), SKIP (an earlier check failed)
     detail: str
+    timed_out: bool = False  # a call did not return: nothing more is checked
 
     def line(self) -> str:
         return f"{self.status}  {self.model:<14} {self.rate:>4.0%}  {self.check:<9}  {self.detail}"
@@ -129,7 +141,7 @@ def check_handler(args: argparse.Namespace) -> int:
     try:
         plugins = load_plugins(args.plugins_dir)
         if args.name not in plugins:
-            raise PluginError(f"unknown pruner {args.name!r}; known pruners: {', '.join(sorted(plugins))}")
+            raise PluginError(plugins.unknown([args.name]))
         entry = plugins[args.name]
         for model in args.models:
             if args.image_size < model_info(model).min_input_size:
@@ -137,6 +149,8 @@ def check_handler(args: argparse.Namespace) -> int:
         bad = [r for r in args.rates if not 0.0 < r < 1.0]
         if bad:
             raise ValueError(f"rates must be fractions strictly between 0 and 1, got {bad}")
+        if not args.time_limit > 0:
+            raise ValueError(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
     except (PluginError, UnknownModelError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -153,13 +167,15 @@ def check_handler(args: argparse.Namespace) -> int:
           f"(random init, {args.image_size} px); rates: {', '.join(f'{r:.0%}' for r in args.rates)}\n",
           flush=True)
     results = check_plugin(entry, args.models, args.rates, image_size=args.image_size,
-                           emit=lambda r: print(r.line(), flush=True))
+                           time_limit_s=args.time_limit, emit=lambda r: print(r.line(), flush=True))
     failed = [r for r in results if r.status == FAIL]
     warned = [r for r in results if r.status == WARN]
     if failed:
         checks = {r.check for r in failed}
         consequence = ("a sweep records such trials as failed" if checks & {"runs", "fit", "rate"}
                        else "a sweep's results for it would not show what it prunes")
+        if any(r.timed_out for r in failed):
+            consequence += "; checking stopped at the call that did not return"
         print(f"\n{entry.name}: {len(failed)} of {len(results)} checks FAILED ({', '.join(sorted(checks))}); "
               f"{consequence}")
         return 1
@@ -170,8 +186,10 @@ def check_handler(args: argparse.Namespace) -> int:
 
 
 def check_plugin(entry: PluginEntry, models: list[str], rates: list[float], *, image_size: int = 32,
+                 time_limit_s: float = TIME_LIMIT_S,
                  emit: Callable[[CheckResult], None] = lambda result: None) -> list[CheckResult]:
-    """Run the plugin on each model at each rate; return (and emit) one result per check."""
+    """Run the plugin on each model at each rate; return (and emit) one result per check.
+    Stops after a call that did not return within `time_limit_s`."""
     import torch
 
     from model_zoo import create_model
@@ -188,14 +206,42 @@ def check_plugin(entry: PluginEntry, models: list[str], rates: list[float], *, i
         model = create_model(model_name, num_classes=NUM_CLASSES, weights="none").eval()
         layers = select_layers(model, model_name, LayerSelection().model_dump())
         for rate in rates:
-            for result in _check_one(entry, model, model_name, layers, rate, image_size):
+            for result in _check_one(entry, model, model_name, layers, rate, image_size, time_limit_s):
                 results.append(result)
                 emit(result)
+            if results and results[-1].timed_out:
+                return results
     return results
 
 
+class _TimedOut(Exception):
+    pass
+
+
+def _within(limit_s: float, fn: Callable, *args):
+    """fn(*args), or _TimedOut if it has not returned after `limit_s`. It runs in a daemon
+    thread, which Python cannot stop: after a timeout the caller checks nothing more, and
+    the thread ends with the process."""
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=call, name="plugin-check", daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    if thread.is_alive():
+        raise _TimedOut
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _check_one(entry: PluginEntry, model: nn.Module, model_name: str, layers: list[str], rate: float,
-               image_size: int) -> Iterator[CheckResult]:
+               image_size: int, time_limit_s: float) -> Iterator[CheckResult]:
     import torch
 
     from sweep_service.worker.pruning import (
@@ -212,7 +258,11 @@ def _check_one(entry: PluginEntry, model: nn.Module, model_name: str, layers: li
     data = _calibration_batches(image_size) if entry.cls.needs_data else None
     start = time.perf_counter()
     try:
-        masks = entry.create().masks(copy.deepcopy(model).eval(), rate, list(layers), data)
+        masks = _within(time_limit_s, entry.create().masks, copy.deepcopy(model).eval(), rate, list(layers), data)
+    except _TimedOut:
+        yield dataclasses.replace(result("runs", FAIL, f"masks() did not return within {time_limit_s:g} s"),
+                                  timed_out=True)
+        return
     except Exception as exc:
         yield result("runs", FAIL, f"masks() raised {type(exc).__name__}: {_first_line(exc)}")
         for check in ("fit", "rate", "structure", "speedup"):
@@ -243,11 +293,11 @@ def _check_one(entry: PluginEntry, model: nn.Module, model_name: str, layers: li
     else:
         yield result("structure", WARN, f"{1 - removable / masked:.0%} of the masked weights are in output filters "
                                         "that stay: speedup leaves those weights as they are")
-    yield _check_speedup(model, masks, image_size, removable > 0, result)
+    yield _check_speedup(model, masks, image_size, removable > 0, result, time_limit_s)
 
 
 def _check_speedup(model: nn.Module, masks: Masks, image_size: int, removes_filters: bool,
-                   result: Callable[[str, str, str], CheckResult]) -> CheckResult:
+                   result: Callable[[str, str, str], CheckResult], time_limit_s: float) -> CheckResult:
     import torch
 
     from sweep_service.worker.measure import count_params
@@ -257,13 +307,16 @@ def _check_speedup(model: nn.Module, masks: Masks, image_size: int, removes_filt
     before = count_params(pruned)
     start = time.perf_counter()
     try:
-        speedup(pruned, {k: dict(v) for k, v in masks.items()}, image_size)
+        _within(time_limit_s, speedup, pruned, {k: dict(v) for k, v in masks.items()}, image_size)
         took = time.perf_counter() - start
         with torch.no_grad():
             output = pruned.eval()(torch.rand(2, 3, image_size, image_size))
         if tuple(output.shape) != (2, NUM_CLASSES):
             return result("speedup", FAIL, f"the pruned model outputs shape {tuple(output.shape)}, "
                                            f"expected (2, {NUM_CLASSES})")
+    except _TimedOut:
+        return dataclasses.replace(result("speedup", FAIL, f"speedup did not return within {time_limit_s:g} s"),
+                                   timed_out=True)
     except Exception as exc:
         return result("speedup", FAIL, f"{type(exc).__name__}: {_first_line(exc)}")
     after = count_params(pruned)
