@@ -64,6 +64,8 @@ def parse_count(text: str) -> int:
         value = float(t[:-1] if factor != 1 else t) * factor
     except ValueError:
         raise ValueError(f"{text!r} is not a count; write e.g. 2500000, 2.5M or 300k") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite count; write e.g. 2500000, 2.5M or 300k")
     if value <= 0:
         raise ValueError(f"{text!r} must be positive")
     return int(value)
