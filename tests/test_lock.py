@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 
 import psutil
@@ -163,3 +165,42 @@ def test_two_sweeps_in_one_database_are_written_side_by_side(tmp_path):
             assert store.sweep(sweep_id)["status"] == "finished"
             assert store.counts(sweep_id)["completed"] == 2 + 2 * 2 * 15
             assert store.lock_holder(sweep_id) is None
+
+
+def test_status_says_who_runs_a_sweep_and_when_its_coordinator_is_gone(tmp_path, capsys):
+    from seed_db import seed_sweep
+
+    from sweep_service.cli import main
+
+    db = tmp_path / "sweep.db"
+    sweep_id = seed_sweep(db, models=["resnet18"], pruners=["l1norm"], rates=[0.5], done=1, running=1,
+                          status="running")
+    assert main(["status", "--db", str(db)]) == 0
+    assert f"sweep {sweep_id} (running: pid 1 on seed-host, heartbeat 0 s ago)" in capsys.readouterr().out
+    with sqlite3.connect(db) as con:  # killed: the sweep stays `running`, its heartbeat goes stale
+        con.execute("UPDATE sweep_locks SET heartbeat_at = '2026-01-02 03:04:05.000000'")
+    assert main(["status", "--db", str(db)]) == 0
+    assert (f"sweep {sweep_id} (not running: its coordinator stopped without ending it (last heartbeat "
+            "2026-01-02 03:04:05 UTC); run it again to resume)") in capsys.readouterr().out
+
+
+def test_a_silent_holder_on_another_host_is_waited_for_then_taken_over_or_refused(store, monkeypatch, capsys):
+    """A head restarted in a new container right after a crash (another host name) resumes by
+    itself once the old lock goes stale; a holder that beats again meanwhile keeps the sweep."""
+    monkeypatch.setattr(lock_module, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(lock_module, "SILENT_AFTER_S", 1.0)
+    monkeypatch.setattr(lock_module, "STALE_AFTER_S", 3.0)
+    silent = utcnow() - timedelta(seconds=1.5)
+    store.insert_lock(dict(sweep_id="s", token="old", host="old-container", pid=7, pid_started=0.0,
+                           started_at=silent, heartbeat_at=silent))
+    started = time.monotonic()
+    with SweepLock(store, "s") as lock:
+        assert 1.0 < time.monotonic() - started < 10
+        assert lock.taken_over[0].host == "old-container"
+    assert "locked by pid 7 on host old-container, which has sent no heartbeat for" in capsys.readouterr().out
+
+    store.insert_lock(dict(sweep_id="s", token="alive", host="busy-host", pid=8, pid_started=0.0,
+                           started_at=silent, heartbeat_at=utcnow() - timedelta(seconds=1.5)))
+    threading.Timer(0.5, store.refresh_lock, ("s", "alive", utcnow())).start()  # it answers
+    with pytest.raises(SweepLocked, match="pid 8 on host busy-host"):
+        SweepLock(store, "s").acquire()

@@ -5,7 +5,10 @@ the same sweep (the same config started twice, on this host or another that shar
 database) is refused with a message naming the holder; sweeps with other ids in the same
 database are not affected. A holder that died without releasing the lock (SIGKILL, a
 crashed host) is recognised by its heartbeat, older than STALE_AFTER_S, or on the same
-host by its process being gone, and its lock is taken over. The row is taken or taken over
+host by its process being gone, and its lock is taken over. A holder on another host that
+has missed a few heartbeats is waited for, until it beats again (then the newcomer is
+refused) or goes stale (then it is taken over): a coordinator restarted in a new container
+right after a crash resumes by itself within STALE_AFTER_S. The row is taken or taken over
 by a compare-and-swap on the holder's token, so two coordinators racing for a free or
 stale lock cannot both win.
 
@@ -19,6 +22,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +34,7 @@ from sweep_service.coordinator.store import ResultStore, utcnow
 
 HEARTBEAT_S = 10.0  # how often the holder refreshes its lock (and the report's status.json)
 STALE_AFTER_S = 60.0  # a lock without a heartbeat for this long is a dead coordinator's
+SILENT_AFTER_S = 25.0  # a holder without a heartbeat for this long is waited for, not refused
 
 
 class SweepLocked(RuntimeError):
@@ -109,14 +114,25 @@ class SweepLock:
                     pid_started=psutil.Process(self.pid).create_time(), started_at=now, heartbeat_at=now)
 
     def acquire(self) -> "SweepLock":
-        for _ in range(5):  # each round loses only to another coordinator that just won
+        races, waited = 0, False
+        while races < 5:  # a round is lost only to another coordinator that just won
             current = self.store.lock_holder(self.sweep_id)
             if current is None:
                 if self.store.insert_lock(self._row()):
                     break
+                races += 1
                 continue
             holder = Holder(**current)
             reason = stale_reason(holder, utcnow(), host=self.host, process_alive=process_alive)
+            silent_for = (utcnow() - holder.heartbeat_at).total_seconds()
+            if reason is None and silent_for > SILENT_AFTER_S:
+                if not waited:
+                    print(f"sweep {self.sweep_id} is locked by pid {holder.pid} on host {holder.host}, which has "
+                          f"sent no heartbeat for {silent_for:.0f} s: waiting up to "
+                          f"{STALE_AFTER_S - silent_for:.0f} s for it before taking the sweep over", flush=True)
+                    waited = True
+                time.sleep(min(HEARTBEAT_S / 2, max(STALE_AFTER_S - silent_for, 0) + 0.1))
+                continue
             if reason is None:
                 raise SweepLocked(
                     f"sweep {self.sweep_id} is being run by another coordinator: {holder.describe(utcnow())}. "
@@ -126,6 +142,7 @@ class SweepLock:
             if self.store.replace_lock(self.sweep_id, holder.token, self._row()):
                 self.taken_over = holder, reason
                 break
+            races += 1
         else:
             raise SweepLocked(f"could not take the lock of sweep {self.sweep_id}: other coordinators keep "
                               "taking it; stop them first")
