@@ -62,18 +62,20 @@ def _warn_broken_plugins() -> None:
 def _status(args: argparse.Namespace) -> int:
     from sweep_service.coordinator.lock import is_live
     from sweep_service.coordinator.store import ResultStore, StoreError, utcnow
+    from sweep_service.report import fmt
 
     try:
-        store = ResultStore.open_read_only(args.db)
-        sweep = store.sweep(args.sweep)
+        with ResultStore.open_read_only(args.db) as store:
+            sweep = store.sweep(args.sweep)
+            counts = store.counts(sweep["sweep_id"])
+            holder = store.lock_holder(sweep["sweep_id"])
+            trials = store.trials(sweep["sweep_id"])
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except LookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    counts = store.counts(sweep["sweep_id"])
-    holder = store.lock_holder(sweep["sweep_id"])
     state = sweep["status"]
     if state == "running" and is_live(holder):
         age = (utcnow() - holder["heartbeat_at"]).total_seconds()
@@ -84,11 +86,11 @@ def _status(args: argparse.Namespace) -> int:
                  + "; run it again to resume")
     print(f"sweep {sweep['sweep_id']} ({state}), data: {sweep['dataset']}, weights: {sweep['weights']}")
     print("  " + ", ".join(f"{n} {status}" for status, n in counts.items()))
-    for row in store.trials(sweep["sweep_id"]):
+    for row in trials:
         accuracy = f"{row['accuracy']:.1%}" if row["accuracy"] is not None else "-"
         reduction = f"{row['param_reduction']:.1%}" if row["param_reduction"] is not None else "-"
         where = row["worker_host"] or ""
-        print(f"  {row['model']:<16} {row['pruner']:<10} {row['rate']:>4.0%}  {row['status']:<9} "
+        print(f"  {row['model']:<16} {row['pruner']:<10} {fmt.rate(row['rate']):>4}  {row['status']:<9} "
               f"acc {accuracy:>6}  params -{reduction:>6}  {where}")
     return 0
 
@@ -127,16 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; returns its exit code."""
-    from sqlalchemy.exc import DatabaseError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except BrokenPipeError:  # e.g. `plugins list | head`
         sys.stderr.close()
         return 0
-    except DatabaseError as exc:  # a database that is damaged past its header
-        db = getattr(args, "db", None)
-        print(f"error: cannot read the database{f' {db}' if db else ''}: {exc.orig}; restore a copy or pass "
-              "another --db", file=sys.stderr)
-        return 2

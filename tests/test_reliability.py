@@ -301,3 +301,20 @@ def test_export_into_a_folder_that_cannot_be_written_is_an_error(tmp_path, mount
     target = mount_point.path / "trials.csv"
     assert main(["export", "--db", str(db), "-o", str(target)]) == 2
     assert f"cannot write {target}: Read-only file system" in capsys.readouterr().err
+
+
+def test_a_trial_tells_each_phase_as_it_enters_it(tmp_path, data_root):
+    """What the coordinator's time limit names (`timeout after N s in phase X`)."""
+    from sweep_service.coordinator.config import parse_config
+    from sweep_service.coordinator.grid import expand
+    from sweep_service.worker.trial import run_trial
+
+    config = parse_config(dict(name="phases", models=["resnet18"], pruners=["l1norm"], rates=[0.5],
+                               dataset="synthetic", data_root=str(data_root), weights="none",
+                               prune_from="pretrained", finetune_epochs=1, train_subset=64, test_subset=32,
+                               latency_runs=1))
+    pruned = next(s for s in expand(config) if s.kind == "pruned")
+    entered: list[str] = []
+    result = run_trial(pruned, on_phase=entered.append).result
+    assert result["status"] == "completed", result.get("error")
+    assert entered == ["startup", "data", "build", "prune", "speedup", "finetune", "eval", "measure"]

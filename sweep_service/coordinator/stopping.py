@@ -57,9 +57,11 @@ def install() -> None:
 
 
 def ignore() -> None:
-    """Ignore further stop signals (while the coordinator is already stopping)."""
-    for signum in SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+    """Ignore further stop signals while the coordinator is already stopping (if they are
+    handled here at all: a program calling the coordinator keeps its own handlers)."""
+    if signal.getsignal(signal.SIGINT) is _on_signal:
+        for signum in SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

@@ -14,13 +14,14 @@ read-only media.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from sqlalchemy import (
     Float,
@@ -38,6 +39,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
@@ -170,10 +172,14 @@ class ResultStore:
 
     def __init__(self, path: str | Path, *, read_only: bool = False):
         self.path = Path(path)
-        self.read_only = read_only
         self.engine = _open_for_reading(self.path) if read_only else _open_for_writing(self.path)
-        self._columns = {name: {c["name"] for c in inspect(self.engine).get_columns(name)}
-                         for name in inspect(self.engine).get_table_names()}
+        try:
+            schema = inspect(self.engine)
+            self._columns = {name: {c["name"] for c in schema.get_columns(name)}
+                             for name in schema.get_table_names()}
+        except DBAPIError as exc:
+            self.engine.dispose()
+            raise StoreError(_problem(self.path, exc.orig)) from None
 
     @classmethod
     def open_read_only(cls, path: str | Path) -> "ResultStore":
@@ -191,6 +197,15 @@ class ResultStore:
         self.engine.dispose()
 
     # reading, tolerant of an older file's schema (read-only commands do not upgrade it) --
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A connection to read with; a file damaged past its header is a StoreError."""
+        try:
+            with self.engine.connect() as connection:
+                yield connection
+        except DBAPIError as exc:
+            raise StoreError(_problem(self.path, exc.orig)) from None
+
     def _select(self, model: type[Base]):
         present = self._columns.get(model.__tablename__, set())
         return select(*[c for c in model.__table__.columns if c.name in present])
@@ -238,7 +253,7 @@ class ResultStore:
     def _sweep_row(self, sweep_id: str) -> dict[str, Any] | None:
         if not self._has(SweepRow):
             return None
-        with self.engine.connect() as c:
+        with self._reading() as c:
             row = c.execute(self._select(SweepRow).where(SweepRow.sweep_id == sweep_id)).first()
         return None if row is None else self._as_dict(SweepRow, row)
 
@@ -258,7 +273,7 @@ class ResultStore:
     def sweeps(self) -> list[dict[str, Any]]:
         if not self._has(SweepRow):
             return []
-        with self.engine.connect() as c:
+        with self._reading() as c:
             rows = c.execute(self._select(SweepRow).order_by(SweepRow.started_at)).all()
         return [self._as_dict(SweepRow, r) for r in rows]
 
@@ -324,7 +339,7 @@ class ResultStore:
             query = query.where(TrialRow.status == status)
         if kind:
             query = query.where(TrialRow.kind == kind)
-        with self.engine.connect() as c:
+        with self._reading() as c:
             rows = c.execute(query.order_by(TrialRow.model, TrialRow.pruner, TrialRow.rate)).all()
         return [self._as_dict(TrialRow, r) for r in rows]
 
@@ -341,7 +356,7 @@ class ResultStore:
         """The lock row of `sweep_id`, or None if no coordinator holds it."""
         if not self._has(SweepLockRow):
             return None
-        with self.engine.connect() as c:
+        with self._reading() as c:
             row = c.execute(self._select(SweepLockRow).where(SweepLockRow.sweep_id == sweep_id)).first()
         return None if row is None else self._as_dict(SweepLockRow, row)
 

@@ -232,9 +232,13 @@ class Dispatcher:
 
     def wait_for_nodes(self, nodes: list[dict], since: float | None) -> float:
         """No node can hold a trial now: say which trials wait for what, and give up after
-        `node_wait_s` (workers may still be joining a cluster, or an autoscaler adding one)."""
+        `node_wait_s` (workers may still be joining a cluster, or an autoscaler adding one).
+        This machine's own cluster cannot grow: there, give up at once."""
         waiting = unplaceable(self.scheduler.unfinished(), [node["Resources"] for node in nodes])
         what = _what_waits(waiting) or "the trials wait for a node"
+        if not joined_cluster():  # checked at the start: the machine's own node has gone
+            raise SweepAborted(f"the local Ray cluster lost its node: {what}, and it offers {describe_nodes(nodes)}; "
+                               "run the sweep again to resume")
         if since is None:
             self.bar.write(f"waiting for Ray nodes: {what}; the cluster offers {describe_nodes(nodes)} "
                            f"(giving up after {self.config.node_wait_s:.0f} s, `node_wait_s`)")
