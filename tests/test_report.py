@@ -259,3 +259,20 @@ def test_cli_report_defaults_to_the_sweeps_output_dir(tmp_path, capsys):
 def test_cli_report_errors(tmp_path, capsys):
     assert main(["report", "--db", str(tmp_path / "missing.db")]) == 2
     assert "no results database" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, text", [
+    (0.3, "30%"), (0.125, "12.5%"), (0.0, "0%"),
+    # never rounded to 0 % or 100 % when the rate is neither (a grid of hundreds of rates)
+    (0.9999, "99.99%"), (0.99999999, "99.999999%"), (1e-7, "0.00001%"),
+])
+def test_rate_labels(value, text):
+    from sweep_service.report import fmt
+    from sweep_service.spec import TrialSpec
+
+    assert fmt.rate(value) == text
+    spec = TrialSpec(kind="pruned", model="resnet18", pruner="l1norm", rate=value, dataset="synthetic",
+                     weights="none", image_size=32, epochs=1, batch_size=64, eval_batch_size=64, optimizer={},
+                     augment=False, seed=0, train_subset=None, test_subset=None, calibration_batches=1, layers={},
+                     prune_from="baseline", baseline_key=None)
+    assert spec.label == f"resnet18 l1norm {text}"

@@ -47,8 +47,17 @@ def seconds(value: float | None) -> str:
 
 
 def rate(value: float | None) -> str:
-    """A pruning rate: 0.3 -> '30%', 0.125 -> '12.5%'."""
-    return "-" if value is None else f"{round(value * 100, 4):g}%"
+    """A pruning rate: 0.3 -> '30%', 0.125 -> '12.5%', 0.99999 -> '99.999%': to four
+    decimals, and more where fewer would read 0% or 100% for a rate that is neither."""
+    if value is None:
+        return "-"
+    percent = value * 100
+    decimals = 4
+    text = f"{round(percent, decimals):g}"
+    while text in ("0", "100") and 0 < percent < 100 and decimals < 15:
+        decimals += 1
+        text = f"{percent:.{decimals}f}".rstrip("0").rstrip(".")
+    return text + "%"
 
 
 def when(value: datetime | None) -> str:
