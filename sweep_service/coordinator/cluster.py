@@ -40,8 +40,8 @@ def start_ray():
     options = dict(logging_level=logging.ERROR, log_to_driver=False, runtime_env=worker_runtime_env())
     if joined_cluster():
         ray.init(address=os.environ["RAY_ADDRESS"], **options)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **options)
+    else:  # "local": a new cluster of this machine, even if another was started here with `ray start`
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **options)
     return ray
 
 
