@@ -22,6 +22,7 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+_handled = False  # inside `handled()`
 _deferring = 0
 _pending: int | None = None
 _received: int | None = None  # the last stop signal
@@ -49,17 +50,18 @@ def stop_behind(exc: BaseException) -> Stopped | None:
     return None
 
 
-def install() -> None:
-    """Handle SIGINT and SIGTERM as Stopped (again after a library replaced the handlers:
-    ray.init sets its own SIGTERM handler, which exits without cleaning up)."""
-    for signum in SIGNALS:
-        signal.signal(signum, _on_signal)
+def reinstall() -> None:
+    """Handle SIGINT and SIGTERM again after a library replaced the handlers (ray.init sets
+    its own SIGTERM handler, which exits without cleaning up); only inside `handled()`."""
+    if _handled:
+        for signum in SIGNALS:
+            signal.signal(signum, _on_signal)
 
 
 def ignore() -> None:
-    """Ignore further stop signals while the coordinator is already stopping (if they are
-    handled here at all: a program calling the coordinator keeps its own handlers)."""
-    if signal.getsignal(signal.SIGINT) is _on_signal:
+    """Ignore further stop signals while the coordinator is already stopping (only inside
+    `handled()`: a program calling the coordinator keeps its own handlers)."""
+    if _handled:
         for signum in SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
 
@@ -67,11 +69,14 @@ def ignore() -> None:
 @contextlib.contextmanager
 def handled() -> Iterator[None]:
     """Stop signals raise Stopped inside the block; the previous handlers come back after."""
+    global _handled
     previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
-    install()
+    _handled = True
+    reinstall()
     try:
         yield
     finally:
+        _handled = False
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
@@ -80,14 +85,11 @@ def handled() -> Iterator[None]:
 def deferred() -> Iterator[None]:
     """A stop signal arriving inside the block raises Stopped when the block ends."""
     global _deferring, _pending
-    ours = signal.getsignal(signal.SIGINT) is _on_signal
     _deferring += 1
     try:
         yield
     finally:
         _deferring -= 1
-        if ours:  # a library called inside may have replaced them (ray.init does, for SIGTERM)
-            install()
     if not _deferring and _pending is not None:
         signum, _pending = _pending, None
         raise Stopped(signum)

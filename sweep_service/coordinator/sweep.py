@@ -431,8 +431,17 @@ def _run_locked(config: SweepConfig, store: ResultStore, lock: SweepLock, status
 
     ray, begun, dispatcher, bar = None, False, None, None
     try:
-        with stopping.deferred():  # Ray interrupted while it starts its processes leaves them behind
-            ray = start_ray()
+        if joined_cluster():  # joining starts no process here: a stop may cut it short
+            try:
+                ray = start_ray()
+            except ConnectionError as exc:
+                raise SweepAborted(f"cannot join the Ray cluster at RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}: "
+                                   f"{exc}; start the cluster first, or unset RAY_ADDRESS to run on this "
+                                   "machine alone") from None
+        else:
+            with stopping.deferred():  # Ray stopped while it starts its processes leaves them behind
+                ray = start_ray()
+        stopping.reinstall()
         if not joined_cluster():
             check_local_cluster(ray, scheduler)
         begin()
