@@ -40,7 +40,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
 
@@ -416,8 +416,7 @@ def _open_for_writing(path: Path):
     engine = create_engine(f"sqlite:///{path}", future=True)
     event.listen(engine, "connect", _writer_pragmas)
     try:
-        Base.metadata.create_all(engine)
-        _add_new_columns(engine)
+        _create_or_upgrade(engine)
         with engine.begin() as c:
             c.exec_driver_sql(f"PRAGMA application_id = {APPLICATION_ID}")
             c.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -425,6 +424,19 @@ def _open_for_writing(path: Path):
         engine.dispose()
         raise StoreError(_problem(path, exc.orig)) from None
     return engine
+
+
+def _create_or_upgrade(engine) -> None:
+    """Create the missing tables and columns. Another coordinator (of another sweep) may make
+    the same table or column between our look and our change: then look again."""
+    for attempt in range(3):
+        try:
+            Base.metadata.create_all(engine)
+            _add_new_columns(engine)
+            return
+        except OperationalError as exc:
+            if attempt == 2 or not any(text in str(exc.orig) for text in ("already exists", "duplicate column")):
+                raise
 
 
 def _open_for_reading(path: Path):
