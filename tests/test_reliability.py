@@ -317,4 +317,5 @@ def test_a_trial_tells_each_phase_as_it_enters_it(tmp_path, data_root):
     entered: list[str] = []
     result = run_trial(pruned, on_phase=entered.append).result
     assert result["status"] == "completed", result.get("error")
-    assert entered == ["startup", "data", "build", "prune", "speedup", "finetune", "eval", "measure"]
+    assert entered == ["startup", "data", "build", "prune", "group", "prune", "speedup", "eval", "finetune", "eval",
+                       "measure"]

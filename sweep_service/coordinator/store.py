@@ -101,8 +101,12 @@ class TrialRow(Base):
     rate: Mapped[float] = mapped_column(Float)  # fraction in [0, 1); 0 for baselines
     status: Mapped[str] = mapped_column(String, default=PENDING)
     spec_json: Mapped[str] = mapped_column(Text)
+    # Pruned trials: how the plugin's choice became what speedup removed (docs/pruning.md).
+    grouping: Mapped[str | None] = mapped_column(String, default=None)  # "dependency" or "layer"
+    allocation: Mapped[str | None] = mapped_column(String, default=None)  # "uniform" or "global"
 
     accuracy: Mapped[float | None] = mapped_column(default=None)  # top-1, fraction
+    accuracy_pruned: Mapped[float | None] = mapped_column(default=None)  # right after speedup, before fine-tuning
     baseline_accuracy: Mapped[float | None] = mapped_column(default=None)
     accuracy_drop: Mapped[float | None] = mapped_column(default=None)  # baseline - accuracy
     params_before: Mapped[int | None] = mapped_column(default=None)
@@ -113,9 +117,15 @@ class TrialRow(Base):
     mac_reduction: Mapped[float | None] = mapped_column(default=None)
     model_size_bytes: Mapped[int | None] = mapped_column(default=None)
     latency_ms: Mapped[float | None] = mapped_column(default=None)  # batch 1, CPU, median
+    # Output filters removed / output filters of the selected layers, counted on the sped-up model.
+    channel_sparsity: Mapped[float | None] = mapped_column(default=None)
+    pruned_channels_json: Mapped[str | None] = mapped_column(Text, default=None)  # {layer: [kept, total]}
+    # Largest |logit| difference between the sped-up and the masked model on a fixed batch.
+    speedup_max_abs_diff: Mapped[float | None] = mapped_column(default=None)
 
     time_startup_s: Mapped[float | None] = mapped_column(default=None)
     time_build_s: Mapped[float | None] = mapped_column(default=None)
+    time_group_s: Mapped[float | None] = mapped_column(default=None)  # finding the channel groups
     time_prune_s: Mapped[float | None] = mapped_column(default=None)
     time_speedup_s: Mapped[float | None] = mapped_column(default=None)
     time_data_s: Mapped[float | None] = mapped_column(default=None)
@@ -158,7 +168,8 @@ class SweepLockRow(Base):
 RESULT_FIELDS = tuple(
     c.name
     for c in TrialRow.__table__.columns
-    if c.name not in {"id", "sweep_id", "key", "kind", "model", "pruner", "rate", "spec_json", "attempts"}
+    if c.name not in {"id", "sweep_id", "key", "kind", "model", "pruner", "rate", "spec_json", "grouping",
+                      "allocation", "attempts"}
 )
 
 
@@ -284,9 +295,11 @@ class ResultStore:
             known = set(s.scalars(select(TrialRow.key).where(TrialRow.sweep_id == sweep_id)))
             new = [spec for spec in specs if spec.key not in known]
             for spec in new:
+                pruned = spec.kind == PRUNED
                 s.add(TrialRow(sweep_id=sweep_id, key=spec.key, kind=spec.kind, model=spec.model,
                                pruner=spec.pruner, rate=spec.rate, status=PENDING,
-                               spec_json=spec.to_json()))
+                               spec_json=spec.to_json(), grouping=spec.grouping if pruned else None,
+                               allocation=spec.allocation if pruned else None))
             return len(new)
 
     def reset_unfinished(self, sweep_id: str) -> int:
