@@ -87,9 +87,9 @@ run_head() {
     done
     trap - TERM INT
     if [ "$code" = 0 ]; then
-        ray stop >/dev/null 2>&1
         # RESULTS_ON_HOST and REPORT_URL come from compose.yaml: where things are on the host.
         log head "sweep finished: results in ${RESULTS_ON_HOST:-$RESULTS_DIR} (sweep.db, report/index.html), report on ${REPORT_URL:-the report service}"
+        ray stop >/dev/null 2>&1
         exit 0
     fi
     python -m sweep_service.report.status record-exit "$REPORT_DIR" --since "$started" --exit-code "$code" \
@@ -118,17 +118,18 @@ run_worker() {
     trap 'log worker "stopped"; exit 0' TERM INT
     deadline=$((SECONDS + wait_s))
     while :; do
-        until answers "$head"; do
-            if [ "$SECONDS" -ge "$deadline" ]; then
-                if [ "$joined" = 1 ]; then
-                    log worker "the Ray head at $head has been gone for ${wait_s} s (the sweep is over): worker done"
-                    exit 0
-                fi
-                log worker "no Ray head answered at $head within ${wait_s} s: is it running? (RAY_HEAD_ADDRESS)"
-                exit 1
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            if [ "$joined" = 1 ]; then
+                log worker "the Ray head at $head has been gone for ${wait_s} s (the sweep is over): worker done"
+                exit 0
             fi
+            log worker "could not join a Ray head at $head within ${wait_s} s: is it running? (RAY_HEAD_ADDRESS)"
+            exit 1
+        fi
+        if ! answers "$head"; then
             pause 1
-        done
+            continue
+        fi
         if ! ray_start --address="$head" --num-cpus="${RAY_WORKER_CPUS:-1}" --num-gpus="${RAY_WORKER_GPUS:-0}"; then
             ray stop --force >/dev/null 2>&1
             pause 5
