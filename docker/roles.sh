@@ -35,16 +35,11 @@ pause() {
     wait $!
 }
 
-# ray_start ARGS...: `ray start ARGS`, its long banner kept in a file and shown on failure.
-# (In the background, so that a stop signal's trap does not wait for it.)
+# ray_start ARGS...: `ray start ARGS`, its long banner kept in $RAY_START_LOG. (In the
+# background, so that a stop signal's trap does not wait for it.)
 ray_start() {
     ray start --disable-usage-stats "$@" >"$RAY_START_LOG" 2>&1 &
-    if wait $!; then
-        return 0
-    fi
-    echo "ray start $* failed:" >&2
-    tail -n 20 "$RAY_START_LOG" >&2
-    return 1
+    wait $!
 }
 
 run_head() {
@@ -58,11 +53,11 @@ run_head() {
         # Coordinator for an existing cluster: join it as a node without CPUs, so that the
         # driver runs on a Ray node and trials run on the cluster's workers.
         ray_start --address="$RAY_CLUSTER_ADDRESS" --num-cpus=0 --num-gpus=0 \
-            || head_failed "$started" 1 "ray start --address=$RAY_CLUSTER_ADDRESS failed: $(tail -n 5 "$RAY_START_LOG")"
+            || head_failed "$started" 1 "ray start --address=$RAY_CLUSTER_ADDRESS failed: $(tail -n 10 "$RAY_START_LOG")"
         log head "joined the Ray cluster at $RAY_CLUSTER_ADDRESS (as a node without CPUs)"
     else
         ray_start --head --port=6379 --num-cpus=0 --num-gpus=0 --dashboard-host=0.0.0.0 --dashboard-port=8265 \
-            || head_failed "$started" 1 "ray start --head failed: $(tail -n 5 "$RAY_START_LOG")"
+            || head_failed "$started" 1 "ray start --head failed: $(tail -n 10 "$RAY_START_LOG")"
         log head "Ray head up (GCS port 6379, dashboard port 8265)"
     fi
     echo "${RAY_CLUSTER_ADDRESS:-127.0.0.1:6379}" >"$GCS_ADDRESS_FILE"  # for `health head`
@@ -131,6 +126,7 @@ run_worker() {
             continue
         fi
         if ! ray_start --address="$head" --num-cpus="${RAY_WORKER_CPUS:-1}" --num-gpus="${RAY_WORKER_GPUS:-0}"; then
+            log worker "ray start --address=$head failed (trying again): $(tail -n 10 "$RAY_START_LOG")"
             ray stop --force >/dev/null 2>&1
             pause 5
             continue
