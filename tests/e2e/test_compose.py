@@ -400,30 +400,33 @@ def test_a_sweep_survives_a_lost_head_a_lost_worker_and_a_stop(compose, client, 
         def statuses(rows):
             return {s: sum(r["status"] == s for r in rows) for s in ("completed", "running", "pending", "failed")}
 
+        def trials_when(condition, what: str) -> list[dict]:
+            """The trials' rows, once they meet `condition`."""
+            def check():
+                rows = trials()
+                return rows if rows and condition(rows) else None
+            return wait_for(check, timeout=SWEEP_TIMEOUT_S, what=what)
+
         # 1. Trials run; no process of the sweep runs as root.
-        wait_for(lambda: (rows := trials()) and statuses(rows)["running"], timeout=SWEEP_TIMEOUT_S,
-                 what="a trial to run")
+        trials_when(lambda rows: statuses(rows)["running"], "a trial to run")
         for container in (head, *workers.values(), project.container("report")):
             assert not root_processes(container), f"{container.name} runs as root: {root_processes(container)}"
 
         # 2. The head killed mid-sweep and `up` run again at once: both workers, still up,
         #    rejoin the new head and run its trials.
-        rows = wait_for(lambda: (rows := trials()) and statuses(rows)["completed"] >= 2 and statuses(rows)["running"]
-                        and rows, timeout=SWEEP_TIMEOUT_S, what="two completed trials")
+        rows = trials_when(lambda rows: statuses(rows)["completed"] >= 2 and statuses(rows)["running"],
+                           "two completed trials and a running one")
         done_before_head_loss = completed(rows)
         started_at = {host: c.attrs["State"]["StartedAt"] for host, c in workers.items()}
         print(f"\nkilling the head after {time.monotonic() - t0:.0f} s; trials: {statuses(rows)}")
         head.kill()
         project("up", "-d", "--scale", f"ray-worker={WORKERS}")
 
-        def ran_on_both_workers():
-            rows = trials()
-            ran_on = {r["worker_host"] for key, r in by_key(rows or []).items()
-                      if r["status"] == "completed" and key not in done_before_head_loss}
-            return rows if ran_on >= set(workers) else None
+        def ran_on_both_workers(rows):
+            return {r["worker_host"] for key, r in by_key(rows).items()
+                    if r["status"] == "completed" and key not in done_before_head_loss} >= set(workers)
 
-        rows = wait_for(ran_on_both_workers, timeout=SWEEP_TIMEOUT_S,
-                        what="both workers to run trials for the new head")
+        rows = trials_when(ran_on_both_workers, "both workers to run trials for the new head")
         print(f"both workers rejoined the new head by {time.monotonic() - t0:.0f} s; trials: {statuses(rows)}")
         for host, container in workers.items():
             container.reload()
@@ -445,9 +448,8 @@ def test_a_sweep_survives_a_lost_head_a_lost_worker_and_a_stop(compose, client, 
         print(f"killing worker {victim} after {time.monotonic() - t0:.0f} s; trials: {statuses(rows_at_kill)}")
         workers[victim].kill()
         running_at_kill = {r["key"]: r for r in rows_at_kill if r["status"] == "running"}
-        rows = wait_for(lambda: (rows := trials()) and all(by_key(rows)[k]["status"] == "completed"
-                                                          for k in running_at_kill) and rows,
-                        timeout=SWEEP_TIMEOUT_S, what="the trials that ran when the worker was killed")
+        rows = trials_when(lambda rows: all(by_key(rows)[k]["status"] == "completed" for k in running_at_kill),
+                           "the trials that ran when the worker was killed")
         after = by_key(rows)
         retried = [k for k in running_at_kill if after[k]["attempts"] > running_at_kill[k]["attempts"]]
         from_victim = [k for k in running_at_kill if after[k]["worker_host"] == victim]  # its result was on its way
@@ -456,8 +458,7 @@ def test_a_sweep_survives_a_lost_head_a_lost_worker_and_a_stop(compose, client, 
 
         # 4. `docker compose stop` mid-sweep: the coordinator leaves the sweep interrupted,
         #    within compose's grace period.
-        rows = wait_for(lambda: (rows := trials()) and statuses(rows)["running"] and rows, timeout=SWEEP_TIMEOUT_S,
-                        what="a running trial")
+        rows = trials_when(lambda rows: statuses(rows)["running"], "a running trial")
         done_before_stop = completed(rows)
         assert statuses(rows)["pending"] >= 1, "the sweep ended before it could be stopped"
         started = time.monotonic()
