@@ -316,11 +316,11 @@ def compose_project(compose, client, tmp_path: Path, config: str) -> Iterator[Pr
 
 
 def root_processes(container: Container) -> list[str]:
-    """The processes of a container that run as root, but for the moment a healthcheck
-    needs to drop root (the entrypoint, then setpriv)."""
+    """The processes of a container that run as root, but for the moments a healthcheck or
+    an exec starts (runc's own `runc init`) and drops root (the entrypoint, then setpriv)."""
     top = container.top(ps_args="-eo pid,uid,args")
     uid, args = top["Titles"].index("UID"), top["Titles"].index("COMMAND")
-    transient = ("/bin/sh /usr/local/bin/sweep-entrypoint health", "setpriv ")
+    transient = ("runc init", "/bin/sh /usr/local/bin/sweep-entrypoint health", "setpriv ")
     return [p[args] for p in top["Processes"] if p[uid] == "0" and not p[args].startswith(transient)]
 
 
