@@ -33,7 +33,7 @@ from sweep_service.coordinator import stopping
 from sweep_service.coordinator.cluster import describe_nodes, joined_cluster, live_nodes, start_ray
 from sweep_service.coordinator.config import SweepConfig
 from sweep_service.coordinator.grid import expand
-from sweep_service.coordinator.lock import SweepLock
+from sweep_service.coordinator.lock import STALE_AFTER_S, SweepLock
 from sweep_service.coordinator.scheduler import (
     PROBE,
     FormatProbe,
@@ -45,12 +45,12 @@ from sweep_service.coordinator.scheduler import (
     node_slots,
     unplaceable,
 )
-from sweep_service.coordinator.status_file import StatusFile
 from sweep_service.coordinator.store import ResultStore
 from sweep_service.files import write_atomic
 from sweep_service.plugins import plugins_dir
 from sweep_service.provenance import library_versions
 from sweep_service.quiet import silence_libraries
+from sweep_service.report.status import StatusFile
 from sweep_service.spec import BASELINE, COMPLETED, FAILED, TrialSpec
 from sweep_service.worker import data as datasets
 from sweep_service.worker.compute import AUTO
@@ -379,7 +379,7 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
     sweep_id = config.sweep_id()
     check_output_dir(config.output_dir)
     with ResultStore(config.database) as store:
-        status = StatusFile(config.output_dir / "report", sweep_id)
+        status = StatusFile(config.output_dir / "report", sweep_id, stale_after_s=STALE_AFTER_S)
         with SweepLock(store, sweep_id, on_beat=status.write) as lock:
             if lock.taken_over:
                 holder, reason = lock.taken_over

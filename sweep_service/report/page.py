@@ -17,16 +17,16 @@ from typing import Any, Callable
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from sweep_service.coordinator.status_file import STATUS_FILE
 from sweep_service.files import write_atomic
 from sweep_service.report import fmt
 from sweep_service.report.charts import Chart, render_charts
 from sweep_service.report.export import export_text
 from sweep_service.report.recommend import Limits, recommend
 from sweep_service.report.results import SweepResults, load_results, trial_label
+from sweep_service.report.status import STATUS_FILE
 from sweep_service.spec import BASELINE, PENDING, RUNNING
 
-# While the sweep runs, the page reads status.json (sweep_service.coordinator.status_file)
+# While the sweep runs, the page reads status.json (sweep_service.report.status)
 # this often, reloads itself when a newer report was written, and stops, saying so, when
 # the coordinator has ended or stopped answering.
 REFRESH_S = 15

@@ -1,13 +1,17 @@
-"""`report/status.json`, as the report server reads it and the Docker head records an exit.
+"""`report/status.json`: whether a sweep's coordinator is alive, for the report page (which
+stops reloading itself when the file goes stale) and the report server.
 
-The coordinator writes the file (a heartbeat while it runs, its final state when it ends);
-these are the fields read here:
+The coordinator writes it (`StatusFile`) with every heartbeat of its lock
+(sweep_service.coordinator.lock) and once when it ends. Its fields (docs/reliability.md):
 
+    sweep_id       the sweep the coordinator runs
     status         running | finished | incomplete | interrupted | failed
-    updated_unix   the last write, seconds since the epoch
-    updated_at     the same, ISO 8601 UTC
+    updated_at     the last write, ISO 8601 UTC ("2026-12-06T10:00:00Z")
+    updated_unix   the same, seconds since the epoch
     stale_after_s  "running" with no write for this long: the coordinator is gone
-    message        why it ended, for interrupted and failed sweeps
+    report_unix    when index.html was last written (seconds since the epoch), or null
+    host, pid      where the coordinator runs
+    message        why it ended, for interrupted and failed sweeps ("" otherwise)
 
 The Docker head's entrypoint records a coordinator that exited with an error without
 having written a final state (a config error before the sweep began, a crash, a kill):
@@ -19,6 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +51,41 @@ class SweepStatus:
         """A `running` status whose coordinator stopped writing it: it is gone."""
         return (self.state == RUNNING and self.stale_after_s is not None
                 and now - self.updated > self.stale_after_s)
+
+
+class StatusFile:
+    """The coordinator's status file in `report_dir`. Writing it never stops a sweep: a
+    failure (a full or read-only disk) is reported once and the next write tries again."""
+
+    def __init__(self, report_dir: Path, sweep_id: str, stale_after_s: float):
+        self.path = Path(report_dir) / STATUS_FILE
+        self.fields: dict[str, Any] = dict(sweep_id=sweep_id, status=RUNNING, report_unix=None,
+                                           stale_after_s=stale_after_s, host=socket.gethostname(),
+                                           pid=os.getpid(), message="")
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def write(self, **changes: Any) -> None:
+        """Apply `changes` to the fields and write the file with the current time."""
+        with self._lock:
+            self.fields.update(changes)
+            _stamp(self.fields)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                _write(self.path, self.fields)
+            except OSError as exc:
+                if not self._warned:
+                    print(f"warning: could not write {self.path}: {exc}", file=sys.stderr)
+                    self._warned = True
+
+
+def _stamp(fields: dict[str, Any]) -> None:
+    now = time.time()
+    fields.update(updated_unix=now, updated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)))
+
+
+def _write(path: Path, fields: dict[str, Any]) -> None:
+    write_atomic(path, (json.dumps(fields, indent=1, sort_keys=True) + "\n").encode())
 
 
 def _read_fields(report_dir: Path) -> dict[str, Any]:
@@ -86,11 +129,10 @@ def record_exit(report_dir: Path, *, since: float, message: str, stopped: bool) 
     if status is not None and status.state != RUNNING and status.updated >= since:
         return None
     state = INTERRUPTED if stopped else FAILED
-    now = time.time()
-    fields.update(status=state, message=message, updated_unix=now,
-                  updated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)))
+    fields.update(status=state, message=message)
+    _stamp(fields)
     Path(report_dir).mkdir(parents=True, exist_ok=True)
-    write_atomic(Path(report_dir) / STATUS_FILE, (json.dumps(fields, indent=1, sort_keys=True) + "\n").encode())
+    _write(Path(report_dir) / STATUS_FILE, fields)
     return state
 
 
