@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from sweep_service.report import fmt
+
 # Bumped when the meaning of identical identity fields changes, e.g. how a rate is applied.
 # 3: channels are chosen per group of coupled layers (`grouping`, `allocation`).
 KEY_VERSION = 3
@@ -92,7 +94,7 @@ class TrialSpec:
     def label(self) -> str:
         if self.kind == BASELINE:
             return f"{self.model} baseline"
-        return f"{self.model} {self.pruner} {self.rate:.0%}"
+        return f"{self.model} {self.pruner} {fmt.rate(self.rate)}"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -148,7 +148,7 @@ def test_measure_rejects_what_it_cannot_measure_before_starting_ray(tmp_path, ti
 def test_run_refuses_a_measuring_device_it_cannot_reach_before_training(tiny_config):
     path, config = tiny_config(measure={"on": "edge"})
     result = run_cli("run", str(path), timeout=120, env={"RAY_ADDRESS": ""})
-    assert result.returncode == 1 and "measure.on is 'edge'" in result.stderr, result.stderr
+    assert result.returncode == 2 and "measure.on is 'edge'" in result.stderr, result.stderr
     assert not Path(config["database"]).exists()
 
 
