@@ -7,6 +7,10 @@ evaluates and measures. Failures come back as results with the error text, never
 exceptions, so one bad trial never stops a sweep (only a dead worker raises, and the
 coordinator retries the trial).
 
+In an adaptive sweep a pruned trial may stop part-way through its fine-tune (`stop_at`)
+and send back a rung checkpoint, from which a later task, on any worker, continues it
+(`resume_from`) to exactly the weights of an uninterrupted run.
+
 Workers are reused across trials, so the data set and the imports are kept per process.
 """
 from __future__ import annotations
@@ -33,7 +37,7 @@ from sweep_service.worker import heap
 from sweep_service.worker.compute import Compute, probe_formats
 from sweep_service.worker.measure import count_macs, count_params, cpu_latency_ms
 from sweep_service.worker.pruning import check_masks, select_layers, speedup
-from sweep_service.worker.training import evaluate, train
+from sweep_service.worker.training import FineTune, evaluate
 
 
 @dataclass
@@ -43,6 +47,7 @@ class TrialOutput:
     result: dict[str, Any]
     artifact: bytes | None = None  # baseline: state_dict; pruned: the whole pruned module
     started_at: float = 0.0  # wall clock, for the coordinator's wait-time figure
+    rung_checkpoint: bytes | None = None  # a fine-tune stopped before its end: what continues it
 
 
 @dataclass
@@ -102,15 +107,19 @@ Checkpoint = Union[bytes, Callable[[], bytes]]
 
 
 def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
-              plugins_dir: str | None = None, compute: str = "fp32") -> TrialOutput:
+              plugins_dir: str | None = None, compute: str = "fp32", *, stop_at: float = 1.0,
+              resume_from: Checkpoint | None = None) -> TrialOutput:
     """Run one trial. `baseline_checkpoint`: the baseline's state_dict bytes, or a function
     that fetches them. `compute`: the number format and layout every trial of this model
-    trains in (sweep_service.worker.compute)."""
+    trains in (sweep_service.worker.compute). `stop_at`: the share of the fine-tune's steps
+    to train before evaluating; short of the end, the output carries a rung checkpoint.
+    `resume_from`: such a checkpoint (or a function that fetches it), to continue from
+    instead of pruning."""
     started_at = time.time()
     phases = _Phases()
     startup_start = time.perf_counter()
     result: dict[str, Any] = {"worker_host": socket.gethostname(), "worker_pid": os.getpid()}
-    artifact = model = masks = None
+    artifact = rung_checkpoint = model = masks = fine_tune_state = None
     try:
         threads = _threads_for(spec)
         torch.set_num_threads(threads)
@@ -131,11 +140,15 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
         test_batches = datasets.TensorBatches(test_set, batch_size=spec.eval_batch_size,
                                               image_size=spec.image_size)
 
-        model = phases.run("build", _build_start_model, spec, baseline_checkpoint)
-        params_before, macs_before = _unpruned_figures(model, spec)
+        if resume_from is not None:
+            model, fine_tune_state, params_before, macs_before = phases.run("build", _load_rung_checkpoint,
+                                                                            resume_from)
+        else:
+            model = phases.run("build", _build_start_model, spec, baseline_checkpoint)
+            params_before, macs_before = _unpruned_figures(model, spec)
         result.update(params_before=params_before, macs_before=macs_before)
 
-        if spec.kind != BASELINE:
+        if spec.kind != BASELINE and resume_from is None:
             plugin = get_plugin(spec.pruner, plugins_dir).create()
             layers = select_layers(model, spec.model, spec.layers)
             calibration = None
@@ -149,9 +162,14 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
             model = phases.run("speedup", speedup, model, masks, spec.image_size)
 
         model.to(device)
-        phases.run("finetune", train, model, train_batches, epochs=spec.epochs,
-                   optimizer_settings=spec.optimizer, device=device,
-                   steps_per_epoch=len(train_batches), compute=chosen)
+        fine_tune = FineTune(model, train_batches, epochs=spec.epochs, optimizer_settings=spec.optimizer,
+                             device=device, compute=chosen)
+        if fine_tune_state is not None:
+            fine_tune.load_state_dict(fine_tune_state)
+        phases.run("finetune", fine_tune.run, fine_tune.steps_for(stop_at))
+        if fine_tune.step < fine_tune.total_steps:  # taken before evaluating draws random numbers
+            rung_checkpoint = phases.run("finetune", _rung_checkpoint, model, fine_tune, params_before, macs_before)
+        result["budget"] = fine_tune.budget
         accuracy = phases.run("eval", evaluate, model, test_batches, device, chosen)
         # Measured and shipped in the standard layout, whatever layout trained it.
         model.cpu().to(memory_format=torch.contiguous_format)
@@ -179,18 +197,20 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
     heap.release()
     result["worker_rss_mb"] = psutil.Process().memory_info().rss / 2**20
     result["worker_shared_mb"] = _object_store_pages_mb()
-    return TrialOutput(result=result, artifact=artifact, started_at=started_at)
+    return TrialOutput(result=result, artifact=artifact, started_at=started_at, rung_checkpoint=rung_checkpoint)
 
 
-def run_on_worker(spec: TrialSpec, checkpoint: list, plugins_folder: str, compute: str) -> TrialOutput:
+def run_on_worker(spec: TrialSpec, checkpoint: list, plugins_folder: str, compute: str, stop_at: float = 1.0,
+                  resume_from: tuple = ()) -> TrialOutput:
     """The Ray task the coordinator dispatches. `checkpoint` holds the baseline's ObjectRef,
-    if any: inside a list, Ray hands over the reference instead of the bytes, so the trial
-    fetches them when it builds its model and drops them once loaded, rather than holding a
-    copy to its end."""
+    if any, and `resume_from` a rung checkpoint's: inside a list or tuple, Ray hands over the
+    reference instead of the bytes, so the trial fetches them when it builds its model and
+    drops them once loaded, rather than holding a copy to its end."""
     import ray
 
     fetch = (lambda: ray.get(checkpoint[0])) if checkpoint else None
-    return run_trial(spec, fetch, plugins_folder, compute)
+    resume = (lambda: ray.get(resume_from[0])) if resume_from else None
+    return run_trial(spec, fetch, plugins_folder, compute, stop_at=stop_at, resume_from=resume)
 
 
 def measure_formats(spec: TrialSpec) -> dict[str, float]:
@@ -245,6 +265,23 @@ def _build_start_model(spec: TrialSpec, baseline_checkpoint: Checkpoint | None) 
     if unset:
         raise ValueError(f"the baseline checkpoint of {spec.model} does not set {unset}")
     return model
+
+
+def _rung_checkpoint(model: torch.nn.Module, fine_tune: FineTune, params_before: int, macs_before: int) -> bytes:
+    """What continues a stopped fine-tune: the pruned module itself (its architecture is the
+    pruning's), the fine-tune's state, and the unpruned model's figures."""
+    buffer = io.BytesIO()
+    torch.save({"model": model, "fine_tune": fine_tune.state_dict(), "params_before": params_before,
+                "macs_before": macs_before}, buffer)
+    return buffer.getvalue()
+
+
+def _load_rung_checkpoint(checkpoint: Checkpoint) -> tuple[torch.nn.Module, dict[str, Any], int, int]:
+    saved = checkpoint() if callable(checkpoint) else checkpoint
+    # A whole module is a pickle (weights_only cannot read it); this one was written by a
+    # worker of this sweep and kept by its coordinator.
+    state = torch.load(io.BytesIO(saved), map_location="cpu", weights_only=False)
+    return state["model"], state["fine_tune"], state["params_before"], state["macs_before"]
 
 
 def _artifact(model: torch.nn.Module, spec: TrialSpec) -> bytes:
