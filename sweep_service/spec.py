@@ -21,10 +21,11 @@ from typing import Any
 # Bumped when the meaning of identical identity fields changes, e.g. how a rate is applied.
 KEY_VERSION = 2
 
-# A trial's kind and the states it goes through, as the store records them.
+# A trial's kind and the states it goes through, as the store records them. SKIPPED: not run
+# because an adaptive search stopped its line (sweep_service.coordinator.search).
 BASELINE, PRUNED = "baseline", "pruned"
-PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
-STATUSES = (PENDING, RUNNING, COMPLETED, FAILED)
+PENDING, RUNNING, COMPLETED, FAILED, SKIPPED = "pending", "running", "completed", "failed", "skipped"
+STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, SKIPPED)
 
 
 def identity(**kwargs) -> Any:

@@ -25,7 +25,8 @@ def test_trials_table_schema_and_idempotent_insert(tiny_config, tmp_path):
     assert {"sweep_id", "model", "pruner", "rate", "status", "accuracy", "params_before",
             "params_after", "param_reduction", "macs_before", "macs_after", "model_size_bytes",
             "latency_ms", "worker_host", "error", "time_finetune_s"} <= columns
-    assert store.counts(config.sweep_id()) == {"pending": len(specs), "running": 0, "completed": 0, "failed": 0}
+    assert store.counts(config.sweep_id()) == {"pending": len(specs), "running": 0, "completed": 0, "failed": 0,
+                                               "skipped": 0}
 
 
 def test_record_link_baselines_and_reset(tiny_config, tmp_path):
