@@ -38,7 +38,7 @@ class World:
             return self.baseline[spec.model]
         full = self.overrides.get(spec.label, self.top[spec.model] - self.slope * spec.rate ** 2
                                   + self.pruner_offset.get(spec.pruner, 0.0))
-        return full - self.short * (1 - budget)
+        return max(0.0, full - self.short * (1 - budget))
 
     def figures(self, task) -> dict:
         spec = task.spec if isinstance(task, RungRun) else task
@@ -170,6 +170,19 @@ def test_a_trial_below_the_front_stops_at_its_first_rung_and_one_on_the_front_co
     assert list(run.decided(CONTINUE)) == ["resnet18 l1norm 30%"]
 
 
+def test_a_trial_stopped_at_its_rung_does_not_stop_its_line():
+    specs = grid(pruners=("l1norm", "fpgm"), rates=RATES)
+    world = World(pruner_offset={"l1norm": 0.0, "fpgm": -0.10})
+    run = drive(adaptive(specs, min_accuracy=0.6, rungs=[0.25]), world)
+    # fpgm 30 % reaches 56.7 % after a quarter of its fine-tune, under the floor, and is
+    # dominated there by l1norm 30 %; a short budget says nothing of its full fine-tune,
+    # so the fpgm line goes on until one of its trials ends a full fine-tune below the floor.
+    assert run.decided(STOP)["resnet18 fpgm 30%"].startswith("below the front after 25% of the fine-tune")
+    fpgm = [t.spec.rate for t in run.started if isinstance(t, RungRun) and t.spec.pruner == "fpgm" and t.start == 0]
+    assert fpgm == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert run.decided(SKIP)["resnet18 fpgm 60%"].startswith("line stopped: resnet18 fpgm 50% reached 45.0%, below")
+
+
 def test_a_difference_within_the_noise_stops_nothing():
     specs = grid(pruners=("l1norm", "fpgm"), rates=(0.3,))
     # 2 points apart with 500 test images: the margin is 2 * sqrt(2) * ~2.1 % = 6 points
@@ -297,3 +310,11 @@ def test_search_settings_are_checked_and_errors_name_the_field(settings, message
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         parse_config({**base, **settings})
     assert parse_config({**base, "search": "adaptive"}).adaptive == AdaptiveSettings(rungs=[0.25])
+
+
+def test_a_floor_below_chance_is_raised_to_chance_plus_noise():
+    specs = grid(models=("mobilenet_v2",), pruners=("l1norm",), rates=(0.1, 0.2, 0.3))
+    world = World(baseline={"mobilenet_v2": 0.11}, overrides={"mobilenet_v2 l1norm 10%": 0.10})
+    run = drive(adaptive(specs, test_size=500, max_drop=0.05, rungs=[]), world)  # 0.11 - 0.05 = 0.06
+    assert [t.spec.rate for t in run.started if isinstance(t, RungRun)] == [0.1]
+    assert run.decided(SKIP)["mobilenet_v2 l1norm 30%"].endswith("below the floor 12.7% (chance 10% + 2.7% noise)")

@@ -7,11 +7,13 @@ structure (accuracy falls as the rate rises; cost falls with it):
 
 - **Stop a line early.** A line is one (model, pruner, seed)'s rates, run low to high: a
   rate starts once the rate below it has a result at or above the floor. The first rate
-  whose final result is below the floor stops the line, and its higher rates are skipped.
+  whose full fine-tune ends below the floor stops the line, and its higher rates are
+  skipped. (A short-budget accuracy is no measure of a full fine-tune's: a trial stopped at
+  a rung, like a failed one, lets the next rate go.)
   The floor is `min_accuracy`, or the line's baseline accuracy minus `max_drop` (with both,
-  the higher); with neither, chance (one in NUM_CLASSES) plus NOISE_Z standard errors of an
-  accuracy measured on the test set, so that a line stops once it cannot be told from
-  guessing.
+  the higher), and never lower than chance (one in NUM_CLASSES) plus NOISE_Z standard errors
+  of an accuracy measured on the test set: without a floor, a line stops once it cannot be
+  told from guessing.
 - **Successive halving.** Every pruned trial first fine-tunes to its first rung (a share of
   its steps, on the full fine-tune's learning-rate schedule), is evaluated, and leaves a
   checkpoint. It continues only if it could still reach the Pareto front of accuracy
@@ -331,39 +333,40 @@ class AdaptiveSearch:
         return math.sqrt(sum(statistics.variance(g) * (len(g) - 1) for g in repeated) / dof)
 
     def floor(self, spec: TrialSpec) -> tuple[float, str]:
-        """The accuracy a line's trials must reach, and what set it."""
-        floors = []
+        """The accuracy a line's trials must reach, and what set it. Never below chance plus
+        noise: a model whose baseline guesses would otherwise get a floor under chance."""
+        noise = NOISE_Z * math.sqrt(CHANCE * (1 - CHANCE) / self.test_size)
+        floors = [(CHANCE + noise, f"chance {CHANCE:.0%} + {noise:.1%} noise")]
         if self.settings.min_accuracy is not None:
             floors.append((self.settings.min_accuracy, f"min_accuracy {self.settings.min_accuracy:.1%}"))
         baseline = self.baselines.get(spec.baseline_key)
         if self.settings.max_drop is not None and baseline is not None:
             floors.append((baseline - self.settings.max_drop,
                            f"max_drop {self.settings.max_drop:.1%} from the baseline's {baseline:.1%}"))
-        if floors:
-            return max(floors)
-        noise = NOISE_Z * math.sqrt(CHANCE * (1 - CHANCE) / self.test_size)
-        return CHANCE + noise, f"chance {CHANCE:.0%} + {noise:.1%} noise"
+        return max(floors)
 
     def _released(self, line: _Line) -> list[_Trial]:
         """The line's trials that may start: every rate up to the first whose result is not
-        yet known to be at or above the floor (a failed trial tells nothing: the next goes)."""
+        known to be at or above the floor. A rung's accuracy at or above it is enough (more
+        fine-tuning rarely loses accuracy); only a full fine-tune's below it stops the line.
+        A trial that failed, or stopped at a rung, tells nothing of that: the next rate goes."""
         released = []
         for trial in line.trials:
             released.append(trial)
-            accuracy = trial.known_accuracy
-            if trial.state == FAILED or trial.state == FINAL and accuracy is None:
+            if trial.state == FAILED or trial.state == FINAL and (trial.budget < 1.0 or trial.accuracy is None):
                 continue
+            accuracy = trial.known_accuracy
             if accuracy is None or accuracy < self.floor(trial.spec)[0]:
                 break
         return released
 
     def _stop_lines(self) -> bool:
-        """Skip the rates above a line's first final result below the floor."""
+        """Skip the rates above a line's first full fine-tune below the floor."""
         changed = False
         for line in self.lines.values():
             released = self._released(line)
             last = released[-1]
-            if last.state != FINAL or last.accuracy is None:
+            if last.state != FINAL or last.budget < 1.0 or last.accuracy is None:
                 continue
             floor, why = self.floor(last.spec)
             if last.accuracy >= floor:
