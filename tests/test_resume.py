@@ -11,7 +11,7 @@ import torch
 from model_zoo import create_model
 from sweep_service.spec import BASELINE, COMPLETED, PRUNED, TrialSpec
 from sweep_service.worker import data
-from sweep_service.worker.training import FineTune
+from sweep_service.worker.training import FineTune, with_precise_batch_norm
 from sweep_service.worker.trial import run_trial
 
 CPU = torch.device("cpu")
@@ -96,3 +96,17 @@ def test_a_pruned_trial_continued_from_its_rung_matches_one_run_in_full(data_roo
     load = lambda output: torch.load(io.BytesIO(output.artifact), weights_only=False)  # noqa: E731
     assert _same_weights(load(resumed), load(full))
     assert resumed.result["accuracy"] == full.result["accuracy"]
+
+
+def test_a_model_at_a_rung_is_judged_with_batch_norm_statistics_of_its_weights_and_left_as_it_is():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5))
+    stale = {k: v.clone() for k, v in model.state_dict().items()}
+    inputs = [torch.randn(8, 3, 6, 6) + 3 for _ in range(3)]
+    precise = with_precise_batch_norm(model, [(x, None) for x in inputs], CPU)
+
+    assert all(torch.equal(stale[k], v) for k, v in model.state_dict().items())  # the training model is untouched
+    outputs = torch.cat([model[0](x) for x in inputs])
+    norm = precise[1]
+    assert torch.allclose(norm.running_mean, outputs.mean(dim=(0, 2, 3)), atol=1e-5)  # every batch, equally
+    assert int(norm.num_batches_tracked) == 3 and not precise.training

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import functools
 import io
+import math
 import os
 import socket
 import time
@@ -37,7 +38,7 @@ from sweep_service.worker import heap
 from sweep_service.worker.compute import Compute, probe_formats
 from sweep_service.worker.measure import count_macs, count_params, cpu_latency_ms
 from sweep_service.worker.pruning import check_masks, select_layers, speedup
-from sweep_service.worker.training import FineTune, evaluate
+from sweep_service.worker.training import FineTune, evaluate, with_precise_batch_norm
 
 
 @dataclass
@@ -82,6 +83,10 @@ def prepare_process() -> float:
         import nni.compression.speedup  # noqa: F401
     return time.perf_counter() - start
 
+
+# Training images whose statistics a model stopped at a rung is evaluated with (precise
+# batch norm): a few thousand estimate each channel's mean and variance well.
+PRECISE_BN_IMAGES = 2048
 
 # (model name, image size) -> parameters and MACs of the unpruned model, whose architecture
 # is the name's (with a 10-class head) for every trial of the model.
@@ -169,6 +174,11 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
         phases.run("finetune", fine_tune.run, fine_tune.steps_for(stop_at))
         if fine_tune.step < fine_tune.total_steps:  # taken before evaluating draws random numbers
             rung_checkpoint = phases.run("finetune", _rung_checkpoint, model, fine_tune, params_before, macs_before)
+            # Judged, and shipped if it stops here, as its weights stand (the checkpoint keeps
+            # the model as it trains on).
+            calibration = datasets.TensorBatches(train_set, batch_size=spec.batch_size, image_size=spec.image_size,
+                                                 max_batches=math.ceil(PRECISE_BN_IMAGES / spec.batch_size))
+            model = phases.run("eval", with_precise_batch_norm, model, calibration, device, chosen)
         result["budget"] = fine_tune.budget
         accuracy = phases.run("eval", evaluate, model, test_batches, device, chosen)
         # Measured and shipped in the standard layout, whatever layout trained it.
