@@ -68,8 +68,8 @@ class RungKeeper:
         self.store.record(self.sweep_id, task.key, result, add_times=continued)
         return False
 
-    def apply(self, decision: Decision) -> str:
-        """Record a decision; returns its log line."""
+    def apply(self, decision: Decision) -> str | None:
+        """Record a decision; returns its log line (None for a trial an earlier run added)."""
         spec = decision.spec
         if decision.action == STOP:
             self.store.decide_rung(self.sweep_id, spec.key, decision.budget, STOP, decision.reason)
@@ -81,6 +81,6 @@ class RungKeeper:
             self.store.skip(self.sweep_id, spec.key, decision.reason)
             return f"skip   {spec.label}: {decision.reason}"
         if decision.action == ADD:
-            self.store.add_trials(self.sweep_id, [spec])
-            return f"add    {spec.label}: {decision.reason}"
+            new = self.store.add_trials(self.sweep_id, [spec])
+            return f"add    {spec.label}: {decision.reason}" if new else None
         raise ValueError(f"unknown decision {decision.action!r}")

@@ -185,6 +185,8 @@ class Dispatcher:
         """Record and log what the adaptive search decided (nothing without one)."""
         for decision in self.scheduler.decisions():
             line = self.rungs.apply(decision)
+            if line is None:
+                continue
             if decision.action == ADD:
                 self.bar.total += 1
             self._log_line(line, counts=decision.action in (STOP, SKIP))
@@ -271,8 +273,8 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
               f"weights: {config.weights}; search: {_search_text(config)}", flush=True)
         if search is not None:  # what the search concludes from earlier runs' results
             keeper = RungKeeper(store, sweep_id, config.output_dir)
-            for decision in scheduler.decisions():
-                print(keeper.apply(decision))
+            for line in filter(None, map(keeper.apply, scheduler.decisions())):
+                print(line)
         if scheduler.finished:
             return _finish(store, sweep_id, 0, skipped, started, report_dir, [])
 
