@@ -6,14 +6,15 @@ answers with decisions, which the dispatcher records. Two rules, both from the g
 structure (accuracy falls as the rate rises; cost falls with it):
 
 - **Stop a line early.** A line is one (model, pruner, seed)'s rates, run low to high: a
-  rate starts once the rate below it has a result at or above the floor. The first rate
-  whose full fine-tune ends below the floor stops the line, and its higher rates are
+  rate starts once the rate below it has a result that is not under the floor. The first
+  rate whose full fine-tune ends under the floor stops the line, and its higher rates are
   skipped. (A short-budget accuracy is no measure of a full fine-tune's: a trial stopped at
-  a rung, like a failed one, lets the next rate go.)
-  The floor is `min_accuracy`, or the line's baseline accuracy minus `max_drop` (with both,
-  the higher), and never lower than chance (one in NUM_CLASSES) plus NOISE_Z standard errors
-  of an accuracy measured on the test set: without a floor, a line stops once it cannot be
-  told from guessing.
+  a rung, like a failed one, lets the next rate go.) The floor is `min_accuracy`, or the
+  line's baseline accuracy minus `max_drop` (with both, the higher), and an accuracy is
+  under it only when lower by more than NOISE_Z of its standard errors, as a measurement
+  within noise of the floor cannot be told from one on it. Without a floor, or with one
+  below chance, an accuracy is under the floor while it is within NOISE_Z standard errors
+  of chance (one in NUM_CLASSES): the line stops once it cannot be told from guessing.
 - **Successive halving.** Every pruned trial first fine-tunes to its first rung (a share of
   its steps, on the full fine-tune's learning-rate schedule), is evaluated, and leaves a
   checkpoint. It continues only if it could still reach the Pareto front of accuracy
@@ -332,23 +333,30 @@ class AdaptiveSearch:
         dof = sum(len(g) - 1 for g in repeated)
         return math.sqrt(sum(statistics.variance(g) * (len(g) - 1) for g in repeated) / dof)
 
-    def floor(self, spec: TrialSpec) -> tuple[float, str]:
-        """The accuracy a line's trials must reach, and what set it. Never below chance plus
-        noise: a model whose baseline guesses would otherwise get a floor under chance."""
-        noise = NOISE_Z * math.sqrt(CHANCE * (1 - CHANCE) / self.test_size)
-        floors = [(CHANCE + noise, f"chance {CHANCE:.0%} + {noise:.1%} noise")]
+    def under_floor(self, spec: TrialSpec, accuracy: float) -> str | None:
+        """How `accuracy` falls under its line's floor, or None if it does not."""
+        chance = NOISE_Z * math.sqrt(CHANCE * (1 - CHANCE) / self.test_size)
+        if accuracy < CHANCE + chance:
+            return f"within noise of chance ({CHANCE:.0%} + {chance:.1%})"
+        floors = []
         if self.settings.min_accuracy is not None:
             floors.append((self.settings.min_accuracy, f"min_accuracy {self.settings.min_accuracy:.1%}"))
         baseline = self.baselines.get(spec.baseline_key)
         if self.settings.max_drop is not None and baseline is not None:
             floors.append((baseline - self.settings.max_drop,
                            f"max_drop {self.settings.max_drop:.1%} from the baseline's {baseline:.1%}"))
-        return max(floors)
+        if not floors:
+            return None
+        floor, why = max(floors)
+        noise = NOISE_Z * self.sd(accuracy, self.seed_spread())
+        if accuracy < floor - noise:
+            return f"below the floor {floor:.1%} ({why}) by more than the noise ({noise:.1%})"
+        return None
 
     def _released(self, line: _Line) -> list[_Trial]:
         """The line's trials that may start: every rate up to the first whose result is not
-        known to be at or above the floor. A rung's accuracy at or above it is enough (more
-        fine-tuning rarely loses accuracy); only a full fine-tune's below it stops the line.
+        known to be clear of the floor. A rung's accuracy clear of it is enough (more
+        fine-tuning rarely loses accuracy); only a full fine-tune's under it stops the line.
         A trial that failed, or stopped at a rung, tells nothing of that: the next rate goes."""
         released = []
         for trial in line.trials:
@@ -356,22 +364,22 @@ class AdaptiveSearch:
             if trial.state == FAILED or trial.state == FINAL and (trial.budget < 1.0 or trial.accuracy is None):
                 continue
             accuracy = trial.known_accuracy
-            if accuracy is None or accuracy < self.floor(trial.spec)[0]:
+            if accuracy is None or self.under_floor(trial.spec, accuracy):
                 break
         return released
 
     def _stop_lines(self) -> bool:
-        """Skip the rates above a line's first full fine-tune below the floor."""
+        """Skip the rates above a line's first full fine-tune under the floor."""
         changed = False
         for line in self.lines.values():
             released = self._released(line)
             last = released[-1]
             if last.state != FINAL or last.budget < 1.0 or last.accuracy is None:
                 continue
-            floor, why = self.floor(last.spec)
-            if last.accuracy >= floor:
+            under = self.under_floor(last.spec, last.accuracy)
+            if not under:
                 continue
-            reason = f"line stopped: {last.spec.label} reached {last.accuracy:.1%}, below the floor {floor:.1%} ({why})"
+            reason = f"line stopped: {last.spec.label} reached {last.accuracy:.1%}, {under}"
             for trial in line.trials[len(released):]:
                 if trial.state == NEW and not trial.running and not trial.skipped:
                     trial.skipped = True
@@ -380,13 +388,14 @@ class AdaptiveSearch:
                     changed = True
             if self.settings.refine and not line.refined:
                 line.refined = True
-                changed |= self._refine(line, released, floor)
+                changed |= self._refine(line, released)
         return changed
 
-    def _refine(self, line: _Line, released: list[_Trial], floor: float) -> bool:
-        """Add the midpoint between the line's last rate above the floor and its first below."""
+    def _refine(self, line: _Line, released: list[_Trial]) -> bool:
+        """Add the midpoint between the line's last rate clear of the floor and its first under."""
         below = released[-1]
-        above = [t for t in released[:-1] if t.known_accuracy is not None and t.known_accuracy >= floor]
+        above = [t for t in released[:-1]
+                 if t.known_accuracy is not None and not self.under_floor(t.spec, t.known_accuracy)]
         if not above:
             return False
         rate = round((above[-1].spec.rate + below.spec.rate) / 2, 6)
