@@ -3,8 +3,8 @@ checkpoints kept on disk, and each rung result and decision recorded as it comes
 
 A rung checkpoint comes back from its worker through Ray, is written to
 `output_dir/checkpoints/`, and goes out again through Ray to whichever worker continues the
-trial. It is deleted once the trial has trained in full; a trial that stopped short keeps
-it, so that a later run (a lower floor, or `search: grid`) could continue it.
+trial. It is deleted once the trial has trained in full or stopped (a stop is final; a later
+`search: grid` run trains the trial again from the start).
 """
 from __future__ import annotations
 
@@ -62,17 +62,21 @@ class RungKeeper:
             return True
         if result["status"] == COMPLETED:
             result["rung"] = task.rung
-            for path in self.store.drop_checkpoints(self.sweep_id, task.key):
-                Path(path).unlink(missing_ok=True)
-            self.latest.pop(task.key, None)
+            self._drop_checkpoints(task.key)
         self.store.record(self.sweep_id, task.key, result, add_times=continued)
         return False
+
+    def _drop_checkpoints(self, key: str) -> None:
+        for path in self.store.drop_checkpoints(self.sweep_id, key):
+            Path(path).unlink(missing_ok=True)
+        self.latest.pop(key, None)
 
     def apply(self, decision: Decision) -> str | None:
         """Record a decision; returns its log line (None for a trial an earlier run added)."""
         spec = decision.spec
         if decision.action == STOP:
             self.store.decide_rung(self.sweep_id, spec.key, decision.budget, STOP, decision.reason)
+            self._drop_checkpoints(spec.key)
             return f"stop   {spec.label} at {decision.budget:.0%}: {decision.reason}"
         if decision.action == CONTINUE:
             self.store.decide_rung(self.sweep_id, spec.key, decision.budget, CONTINUE)

@@ -257,7 +257,7 @@ class ResultStore:
             row.status = RUNNING
             row.attempts += 1
             row.started_at = utcnow()
-            row.error = row.stop_reason = None
+            row.error = row.stop_reason = row.rung = None
 
     def record(self, sweep_id: str, key: str, result: dict[str, Any], *, add_times: bool = False) -> None:
         """Store a finished trial's result (status completed or failed). `add_times`: the
@@ -300,7 +300,7 @@ class ResultStore:
                 row.status, row.stop_reason = COMPLETED, reason
 
     def drop_checkpoints(self, sweep_id: str, key: str) -> list[str]:
-        """Forget a trial's rung checkpoints (it has trained in full); returns their paths."""
+        """Forget a trial's rung checkpoints (it has trained in full, or stopped); returns their paths."""
         with Session(self.engine) as s, s.begin():
             rungs = s.scalars(select(RungRow).where(RungRow.sweep_id == sweep_id, RungRow.key == key,
                                                     RungRow.checkpoint_path.is_not(None))).all()
