@@ -204,8 +204,8 @@ def test_the_spread_across_seeds_widens_the_noise_when_it_is_larger():
     rows = {s.key: {"status": COMPLETED, "accuracy": 0.9 if s.kind == BASELINE else 0.6 + 0.1 * s.seed,
                     "budget": 1.0} for s in specs}
     seeded = AdaptiveSearch(specs, AdaptiveSettings(), test_size=2000, rows=rows)
-    assert seeded.seed_spread() == pytest.approx(math.sqrt(0.005))  # two seeds, 0.6 and 0.7
-    assert seeded.sd(0.5, seeded.seed_spread()) == pytest.approx(math.sqrt(0.005))
+    assert seeded.spread == pytest.approx(math.sqrt(0.005))  # two seeds, 0.6 and 0.7
+    assert seeded.sd(0.5) == pytest.approx(math.sqrt(0.005))
 
 
 def test_promotions_wait_for_an_idle_slot_and_the_most_accurate_goes_first():

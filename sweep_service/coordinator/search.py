@@ -169,6 +169,7 @@ class AdaptiveSearch:
         self.lines: dict[tuple, _Line] = {}
         self._decisions: list[Decision] = []
         self._added: list[TrialSpec] = []
+        self.spread: float | None = None  # across seeds, as of the last result
         for spec in specs:
             if spec.kind == BASELINE:
                 row = self.rows.get(spec.key)
@@ -278,23 +279,23 @@ class AdaptiveSearch:
     # the rules ----------------------------------------------------------------------------
     def _settle(self) -> None:
         """Apply both rules until nothing changes: a stop can end a line."""
+        self.spread = self.seed_spread()
         while self._stop_dominated() | self._stop_lines():
             pass
 
     def _stop_dominated(self) -> bool:
         changed = False
-        spread = self.seed_spread()
         for trial in self.trials.values():
             if trial.state != WAITING:
                 continue
-            reason = self._dominated(trial, spread)
+            reason = self._dominated(trial)
             if reason:
                 trial.state, trial.accuracy, trial.budget = FINAL, trial.latest.accuracy, trial.latest.budget
                 self._decisions.append(Decision(STOP, trial.spec, trial.latest.budget, reason))
                 changed = True
         return changed
 
-    def _dominated(self, trial: _Trial, spread: float | None) -> str | None:
+    def _dominated(self, trial: _Trial) -> str | None:
         """Why `trial` cannot reach the front at its latest rung, or None if it may."""
         mine = trial.latest
         if mine.cost is None:
@@ -304,7 +305,7 @@ class AdaptiveSearch:
             theirs = other.rungs.get(at)
             if other is trial or theirs is None or theirs.cost is None or theirs.cost > mine.cost:
                 continue
-            margin = NOISE_Z * math.hypot(self.sd(theirs.accuracy, spread), self.sd(mine.accuracy, spread))
+            margin = NOISE_Z * math.hypot(self.sd(theirs.accuracy), self.sd(mine.accuracy))
             if theirs.accuracy - mine.accuracy > margin:
                 return (f"below the front after {mine.budget:.0%} of the fine-tune: {other.spec.label} costs "
                         f"no more ({_cost(theirs.cost, self.settings.front)} <= "
@@ -312,10 +313,10 @@ class AdaptiveSearch:
                         f"{mine.accuracy:.1%} + {margin:.1%} noise)")
         return None
 
-    def sd(self, accuracy: float, spread: float | None = None) -> float:
+    def sd(self, accuracy: float) -> float:
         """The standard deviation of an accuracy: binomial over the test set's images, or
         the spread across seeds if that is larger."""
-        return max(math.sqrt(accuracy * (1 - accuracy) / self.test_size), spread or 0.0)
+        return max(math.sqrt(accuracy * (1 - accuracy) / self.test_size), self.spread or 0.0)
 
     def seed_spread(self) -> float | None:
         """The pooled standard deviation of accuracy across seeds, over the trials that the
@@ -348,7 +349,7 @@ class AdaptiveSearch:
         if not floors:
             return None
         floor, why = max(floors)
-        noise = NOISE_Z * self.sd(accuracy, self.seed_spread())
+        noise = NOISE_Z * self.sd(accuracy)
         if accuracy < floor - noise:
             return f"below the floor {floor:.1%} ({why}) by more than the noise ({noise:.1%})"
         return None
