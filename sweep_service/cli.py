@@ -13,42 +13,86 @@ from sweep_service.coordinator.config import ConfigError, parse_config, read_con
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Exit status: 0 every trial ended (completed or failed), 1 the sweep could not run or
+    finish (another coordinator runs it, data missing, no node can hold a trial...), 2 bad
+    input (config, database path, resources beyond this machine), 128 + signal number when
+    stopped by SIGINT or SIGTERM."""
+    from sweep_service.coordinator import stopping
+
     overrides = {"database": args.db, "output_dir": args.out, "data_root": args.data_root,
                  "weights_dir": args.weights_dir}
-    try:
-        config = parse_config(read_config_file(args.config), source=str(args.config), overrides=overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from sweep_service.coordinator.sweep import SweepAborted, run_sweep
+    with stopping.handled():
+        try:
+            config = parse_config(read_config_file(args.config), source=str(args.config), overrides=overrides)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:
+            return 128 + stopping.stop_behind(exc).signum
+        _warn_broken_plugins()
+        from sweep_service.coordinator.lock import SweepLocked
+        from sweep_service.coordinator.store import StoreError
+        from sweep_service.coordinator.sweep import SweepAborted, run_sweep
 
-    try:
-        summary = run_sweep(config)
-    except SweepAborted as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        try:
+            summary = run_sweep(config)
+        except StoreError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except (SweepLocked, SweepAborted) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return getattr(exc, "exit_code", 1)
+        except KeyboardInterrupt as exc:
+            stop = stopping.stop_behind(exc)
+            print(f"stopped by {stop}: the sweep is interrupted and its unfinished trials are pending; run "
+                  f"`python -m sweep_service run {args.config}` again to resume", file=sys.stderr)
+            return 128 + stop.signum
     return 0 if summary.ok else 1
 
 
+def _warn_broken_plugins() -> None:
+    """A plugin file that fails to import does not stop a sweep that does not use it (the
+    config check names it if the sweep names an unknown pruner), but it is worth a line."""
+    from sweep_service.plugins import load_plugins
+
+    for problem in load_plugins().broken.values():
+        print(f"warning: {problem}; its pruners are unavailable", file=sys.stderr)
+
+
 def _status(args: argparse.Namespace) -> int:
-    from sweep_service.coordinator.store import ResultStore
+    from sweep_service.coordinator.lock import is_live
+    from sweep_service.coordinator.store import ResultStore, StoreError, utcnow
+    from sweep_service.report import fmt
 
     try:
-        store = ResultStore.open_existing(args.db)
-        sweep = store.sweep(args.sweep)
-    except (FileNotFoundError, LookupError) as exc:
+        with ResultStore.open_read_only(args.db) as store:
+            sweep = store.sweep(args.sweep)
+            counts = store.counts(sweep["sweep_id"])
+            holder = store.lock_holder(sweep["sweep_id"])
+            trials = store.trials(sweep["sweep_id"])
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except LookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    counts = store.counts(sweep["sweep_id"])
-    print(f"sweep {sweep['sweep_id']} ({sweep['status']}), data: {sweep['dataset']}, weights: {sweep['weights']}")
+    state = sweep["status"]
+    if state == "running" and is_live(holder):
+        age = (utcnow() - holder["heartbeat_at"]).total_seconds()
+        state = f"running: pid {holder['pid']} on {holder['host']}, heartbeat {max(age, 0):.0f} s ago"
+    elif state == "running":
+        state = ("not running: its coordinator stopped without ending it"
+                 + (f" (last heartbeat {holder['heartbeat_at']:%Y-%m-%d %H:%M:%S} UTC)" if holder else "")
+                 + "; run it again to resume")
+    print(f"sweep {sweep['sweep_id']} ({state}), data: {sweep['dataset']}, weights: {sweep['weights']}")
     print("  " + ", ".join(f"{n} {status}" for status, n in counts.items()))
-    for row in store.trials(sweep["sweep_id"]):
+    for row in trials:
         accuracy = f"{row['accuracy']:.1%}" if row["accuracy"] is not None else "-"
         reduction = f"{row['param_reduction']:.1%}" if row["param_reduction"] is not None else "-"
         # A short-budget result (an adaptive sweep's rung) says how much of its fine-tune it had.
         budget = f" at {row['budget']:.0%}" if row["accuracy"] is not None and (row["budget"] or 1.0) < 1.0 else ""
         where = row["worker_host"] or ""
-        print(f"  {row['model']:<16} {row['pruner']:<10} {row['rate']:>4.0%}  {row['status']:<9} "
+        print(f"  {row['model']:<16} {row['pruner']:<10} {fmt.rate(row['rate']):>4}  {row['status']:<9} "
               f"acc {accuracy:>6}{budget}  params -{reduction:>6}  {where}"
               + (f"  ({row['stop_reason']})" if row["stop_reason"] else ""))
     return 0

@@ -4,23 +4,32 @@ whether a new one works before a sweep spends hours on it.
 `check` runs the plugin the way a trial does (a copy of the model in eval mode, the
 layers the default layer selection picks, calibration batches if it asks for them), on
 small randomly initialised models, and reports one line per check:
-- runs: `masks()` returns without raising;
-- fit: masks only for the selected layers, shaped like the parameters, values 0/1;
-- rate: the masks remove the requested share of the selected layers' weights (within
-  the tolerance trials allow);
+- runs: `scores()` (a scoring plugin) or `masks()` returns without raising;
+- fit: scores for every selected layer, one per output filter, finite and non-negative;
+  or masks only for the selected layers, shaped like the parameters, values 0/1;
+- rate: the masks (a scoring plugin's: each layer at the rate) remove the requested share
+  of the selected layers' weights (within the tolerance trials allow);
 - structure: whole output filters are masked (speedup removes only those, and leaves
   any other masked weight as it is);
-- speedup: NNI's ModelSpeedup removes the masked channels, the pruned model still runs
-  and has fewer parameters.
-The validation is the one trials use (`sweep_service.pruning.check_masks`), so a plugin
-that passes here is not failed by a trial for its masks.
+- speedup: NNI's ModelSpeedup removes the masked channels of each layer's masks
+  (`grouping: layer`), the pruned model still runs and has fewer parameters;
+- grouped: what a trial does by default (`grouping: dependency`): one choice of channels
+  per group of coupled layers, removed by speedup, and the sped-up model computes what
+  the masked model computes.
+The validation is the one trials use (`sweep_service.worker.pruning.check_scores` and
+`check_masks`), so a plugin that passes here is not failed by a trial for its output.
+Each call into the plugin, into speedup and into the grouped pruning runs under a time limit
+(`--time-limit`): one that does not return in time is a FAIL, and the command ends there (a
+sweep would cancel such a trial at its `trial_timeout_s`).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import copy
+import dataclasses
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +40,7 @@ from sweep_service.plugins import (
     Masks,
     PluginEntry,
     PluginError,
+    ScoringPlugin,
     load_plugins,
     plugins_dir,
 )
@@ -41,6 +51,8 @@ CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE = 2, 16
 NUM_CLASSES = 10
 
 PASS, FAIL, WARN, SKIP = "PASS", "FAIL", "WARN", "SKIP"
+CHECKS = ("runs", "fit", "rate", "structure", "speedup", "grouped")
+TIME_LIMIT_S = 120.0  # per call into the plugin or the pruning, on these small models
 
 if TYPE_CHECKING:  # torch is imported by the checks, not to build the command line
     import torch
@@ -72,6 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--rates", nargs="+", type=float, default=list(DEFAULT_RATES), metavar="RATE",
                        help=f"pruning rates, fractions in (0, 1) (default: {' '.join(map(str, DEFAULT_RATES))})")
     check.add_argument("--image-size", type=int, default=32, help="input size in pixels (default: 32)")
+    check.add_argument("--time-limit", type=float, default=TIME_LIMIT_S, metavar="SECONDS",
+                       help="longest a call of the plugin, of speedup or of the grouped pruning may take "
+                            f"(default: {TIME_LIMIT_S:.0f})")
     _add_plugins_dir(check)
     check.set_defaults(func=check_handler)
 
@@ -88,16 +103,21 @@ def list_handler(args: argparse.Namespace) -> int:
     except PluginError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rows = [("NAME", "DATA", "SOURCE", "DESCRIPTION")]
-    rows += [(e.name, "yes" if e.cls.needs_data else "-", _short_source(e.source), e.description)
+    rows = [("NAME", "DATA", "GIVES", "SOURCE", "DESCRIPTION")]
+    rows += [(e.name, "yes" if e.cls.needs_data else "-", "scores" if issubclass(e.cls, ScoringPlugin) else "masks",
+              _short_source(e.source), e.description)
              for e in sorted(plugins.values(), key=lambda e: e.name)]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
     folder = Path(args.plugins_dir).resolve() if args.plugins_dir else plugins_dir()
     print(f"\n{len(plugins)} pruners: *.py files in {_short_source(str(folder))}/ and entry points in "
-          f"the group {ENTRY_POINT_GROUP!r}. DATA: the plugin asks for calibration batches.")
-    return 0
+          f"the group {ENTRY_POINT_GROUP!r}. DATA: the plugin asks for calibration batches. GIVES: "
+          "scores per filter (any `allocation`) or masks (`allocation: uniform` only).")
+    for problem in plugins.broken.values():
+        print(f"error: {problem}", file=sys.stderr)
+    # Sweeps that do not use a broken file's plugins still run; the listing says it is broken.
+    return 1 if plugins.broken else 0
 
 
 def _short_source(source: str) -> str:
@@ -115,9 +135,10 @@ def _short_source(source: str) -> str:
 class CheckResult:
     model: str
     rate: float
-    check: str  # runs, fit, rate, structure, speedup
+    check: str  # one of CHECKS
     status: str  # PASS, FAIL, WARN (worth knowing, not a failure), SKIP (an earlier check failed)
     detail: str
+    timed_out: bool = False  # a call did not return: nothing more is checked
 
     def line(self) -> str:
         return f"{self.status}  {self.model:<14} {self.rate:>4.0%}  {self.check:<9}  {self.detail}"
@@ -129,7 +150,7 @@ def check_handler(args: argparse.Namespace) -> int:
     try:
         plugins = load_plugins(args.plugins_dir)
         if args.name not in plugins:
-            raise PluginError(f"unknown pruner {args.name!r}; known pruners: {', '.join(sorted(plugins))}")
+            raise PluginError(plugins.unknown([args.name]))
         entry = plugins[args.name]
         for model in args.models:
             if args.image_size < model_info(model).min_input_size:
@@ -137,6 +158,8 @@ def check_handler(args: argparse.Namespace) -> int:
         bad = [r for r in args.rates if not 0.0 < r < 1.0]
         if bad:
             raise ValueError(f"rates must be fractions strictly between 0 and 1, got {bad}")
+        if not args.time_limit > 0:
+            raise ValueError(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
     except (PluginError, UnknownModelError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -153,13 +176,15 @@ def check_handler(args: argparse.Namespace) -> int:
           f"(random init, {args.image_size} px); rates: {', '.join(f'{r:.0%}' for r in args.rates)}\n",
           flush=True)
     results = check_plugin(entry, args.models, args.rates, image_size=args.image_size,
-                           emit=lambda r: print(r.line(), flush=True))
+                           time_limit_s=args.time_limit, emit=lambda r: print(r.line(), flush=True))
     failed = [r for r in results if r.status == FAIL]
     warned = [r for r in results if r.status == WARN]
     if failed:
         checks = {r.check for r in failed}
         consequence = ("a sweep records such trials as failed" if checks & {"runs", "fit", "rate"}
                        else "a sweep's results for it would not show what it prunes")
+        if any(r.timed_out for r in failed):
+            consequence += "; checking stopped at the call that did not return"
         print(f"\n{entry.name}: {len(failed)} of {len(results)} checks FAILED ({', '.join(sorted(checks))}); "
               f"{consequence}")
         return 1
@@ -170,8 +195,10 @@ def check_handler(args: argparse.Namespace) -> int:
 
 
 def check_plugin(entry: PluginEntry, models: list[str], rates: list[float], *, image_size: int = 32,
+                 time_limit_s: float = TIME_LIMIT_S,
                  emit: Callable[[CheckResult], None] = lambda result: None) -> list[CheckResult]:
-    """Run the plugin on each model at each rate; return (and emit) one result per check."""
+    """Run the plugin on each model at each rate; return (and emit) one result per check.
+    Stops after a call that did not return within `time_limit_s`."""
     import torch
 
     from model_zoo import create_model
@@ -185,50 +212,102 @@ def check_plugin(entry: PluginEntry, models: list[str], rates: list[float], *, i
     results: list[CheckResult] = []
     for model_name in models:
         torch.manual_seed(0)
-        model = create_model(model_name, num_classes=NUM_CLASSES, weights="none").eval()
+        model = _with_trained_statistics(create_model(model_name, num_classes=NUM_CLASSES, weights="none").eval())
         layers = select_layers(model, model_name, LayerSelection().model_dump())
         for rate in rates:
-            for result in _check_one(entry, model, model_name, layers, rate, image_size):
+            for result in _check_one(entry, model, model_name, layers, rate, image_size, time_limit_s):
                 results.append(result)
                 emit(result)
+            if results and results[-1].timed_out:
+                return results
     return results
 
 
+class _TimedOut(Exception):
+    pass
+
+
+def _within(limit_s: float, fn: Callable, *args):
+    """fn(*args), or _TimedOut if it has not returned after `limit_s`. It runs in a daemon
+    thread, which Python cannot stop: after a timeout the caller checks nothing more, and
+    the thread ends with the process."""
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=call, name="plugin-check", daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    if thread.is_alive():
+        raise _TimedOut
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _check_one(entry: PluginEntry, model: nn.Module, model_name: str, layers: list[str], rate: float,
-               image_size: int) -> Iterator[CheckResult]:
+               image_size: int, time_limit_s: float) -> Iterator[CheckResult]:
     import torch
 
+    from sweep_service.plugins import filter_masks_from_scores
     from sweep_service.worker.pruning import (
         RATE_TOLERANCE,
+        Choice,
         MaskError,
+        ScoreError,
         check_fit,
+        check_scores,
         masked_share,
     )
 
     def result(check: str, status: str, detail: str) -> CheckResult:
         return CheckResult(model_name, rate, check, status, detail)
 
-    torch.manual_seed(0)  # trials seed torch too; seeded plugins give the same masks each run
+    def skip_after(check: str, why: str) -> Iterator[CheckResult]:
+        for later in CHECKS[CHECKS.index(check) + 1:]:
+            yield result(later, SKIP, why)
+
+    scoring = issubclass(entry.cls, ScoringPlugin)
+    method = "scores()" if scoring else "masks()"
+    torch.manual_seed(0)  # trials seed torch too; seeded plugins give the same output each run
     data = _calibration_batches(image_size) if entry.cls.needs_data else None
     start = time.perf_counter()
     try:
-        masks = entry.create().masks(copy.deepcopy(model).eval(), rate, list(layers), data)
-    except Exception as exc:
-        yield result("runs", FAIL, f"masks() raised {type(exc).__name__}: {_first_line(exc)}")
-        for check in ("fit", "rate", "structure", "speedup"):
-            yield result(check, SKIP, "no masks")
+        plugin, copied = entry.create(), copy.deepcopy(model).eval()
+        if scoring:
+            output = _within(time_limit_s, plugin.scores, copied, list(layers), data)
+        else:
+            output = _within(time_limit_s, plugin.masks, copied, rate, list(layers), data)
+    except _TimedOut:
+        yield dataclasses.replace(result("runs", FAIL, f"{method} did not return within {time_limit_s:g} s"),
+                                  timed_out=True)
         return
-    yield result("runs", PASS, f"masks() returned in {time.perf_counter() - start:.1f} s")
+    except Exception as exc:
+        yield result("runs", FAIL, f"{method} raised {type(exc).__name__}: {_first_line(exc)}")
+        yield from skip_after("runs", f"no {'scores' if scoring else 'masks'}")
+        return
+    yield result("runs", PASS, f"{method} returned in {time.perf_counter() - start:.1f} s")
 
     try:
-        check_fit(model, masks, layers)
-    except MaskError as exc:
+        if scoring:
+            check_scores(model, output, layers)
+            choice = Choice(scores={name: output[name].detach().float().flatten() for name in layers})
+            masks = filter_masks_from_scores(model, layers, choice.scores, rate)
+        else:
+            check_fit(model, output, layers)
+            choice, masks = Choice(masks=output), output
+    except (MaskError, ScoreError) as exc:
         yield result("fit", FAIL, str(exc))
-        for check in ("rate", "structure", "speedup"):
-            yield result(check, SKIP, "masks do not fit the model")
+        yield from skip_after("fit", f"{'scores' if scoring else 'masks'} do not fit the model")
         return
-    yield result("fit", PASS, f"{len(masks)} masks, all for selected layers ({len(layers)} selected); "
-                              "shapes match the parameters; values 0/1")
+    yield result("fit", PASS, f"scores for all {len(layers)} selected layers, one per output filter, finite and "
+                              "non-negative" if scoring else
+                 f"{len(masks)} masks, all for selected layers ({len(layers)} selected); shapes match the "
+                 "parameters; values 0/1")
     # The same test as a trial's (check_masks): speedup removes only whole filters.
     masked, removable = masked_share(model, masks, layers)
     ok = abs(removable - rate) <= RATE_TOLERANCE
@@ -243,11 +322,18 @@ def _check_one(entry: PluginEntry, model: nn.Module, model_name: str, layers: li
     else:
         yield result("structure", WARN, f"{1 - removable / masked:.0%} of the masked weights are in output filters "
                                         "that stay: speedup leaves those weights as they are")
-    yield _check_speedup(model, masks, image_size, removable > 0, result)
+    speedup_result = _check_speedup(model, masks, image_size, removable > 0, result, time_limit_s)
+    yield speedup_result
+    if speedup_result.timed_out:
+        return
+    if not ok:
+        yield result("grouped", SKIP, "the masks miss the rate, so a trial fails before grouping")
+        return
+    yield _check_grouped(model, layers, choice, rate, image_size, result, time_limit_s)
 
 
 def _check_speedup(model: nn.Module, masks: Masks, image_size: int, removes_filters: bool,
-                   result: Callable[[str, str, str], CheckResult]) -> CheckResult:
+                   result: Callable[[str, str, str], CheckResult], time_limit_s: float) -> CheckResult:
     import torch
 
     from sweep_service.worker.measure import count_params
@@ -257,13 +343,16 @@ def _check_speedup(model: nn.Module, masks: Masks, image_size: int, removes_filt
     before = count_params(pruned)
     start = time.perf_counter()
     try:
-        speedup(pruned, {k: dict(v) for k, v in masks.items()}, image_size)
+        _within(time_limit_s, speedup, pruned, masks, image_size)
         took = time.perf_counter() - start
         with torch.no_grad():
             output = pruned.eval()(torch.rand(2, 3, image_size, image_size))
         if tuple(output.shape) != (2, NUM_CLASSES):
             return result("speedup", FAIL, f"the pruned model outputs shape {tuple(output.shape)}, "
                                            f"expected (2, {NUM_CLASSES})")
+    except _TimedOut:
+        return dataclasses.replace(result("speedup", FAIL, f"speedup did not return within {time_limit_s:g} s"),
+                                   timed_out=True)
     except Exception as exc:
         return result("speedup", FAIL, f"{type(exc).__name__}: {_first_line(exc)}")
     after = count_params(pruned)
@@ -272,7 +361,50 @@ def _check_speedup(model: nn.Module, masks: Masks, image_size: int, removes_filt
         return result("speedup", FAIL,
                       f"ModelSpeedup ran but removed nothing although whole filters are masked; {change}")
     note = "" if removes_filters else " (no whole filter masked: nothing to remove)"
-    return result("speedup", PASS, f"ModelSpeedup ran in {took:.1f} s, forward OK; {change}{note}")
+    return result("speedup", PASS, f"each layer's masks: ModelSpeedup ran in {took:.1f} s, forward OK; {change}{note}")
+
+
+def _check_grouped(model: nn.Module, layers: list[str], choice, rate: float, image_size: int,
+                   result: Callable[[str, str, str], CheckResult], time_limit_s: float) -> CheckResult:
+    from sweep_service.worker.groups import channel_groups
+    from sweep_service.worker.pruning import channel_sparsity, plan_pruning, prune_and_verify, pruned_channels
+
+    pruned = copy.deepcopy(model)
+
+    def prune_grouped():
+        groups = channel_groups(pruned, layers, image_size)
+        plan = plan_pruning(pruned, groups, choice, layers, rate, "dependency", "uniform")
+        filters = {name: pruned.get_submodule(name).weight.shape[0] for name in layers}
+        return groups, filters, prune_and_verify(pruned, groups, plan, image_size)
+
+    try:
+        groups, filters, difference = _within(time_limit_s, prune_grouped)
+    except _TimedOut:
+        return dataclasses.replace(result("grouped", FAIL, f"the grouped pruning did not return within "
+                                                           f"{time_limit_s:g} s"), timed_out=True)
+    except Exception as exc:
+        return result("grouped", FAIL, f"{type(exc).__name__}: {_first_line(exc)}")
+    blocked = sum(not g.prunable for g in groups)
+    sparsity = channel_sparsity(pruned_channels(pruned, layers, filters))
+    return result("grouped", PASS, f"{len(groups) - blocked} channel groups pruned ({blocked} blocked); "
+                                   f"{sparsity:.1%} of the selected filters removed; sped-up = masked model "
+                                   f"(largest logit difference {difference:.1g})")
+
+
+def _with_trained_statistics(model: nn.Module) -> nn.Module:
+    """Give every batch norm random statistics and affine parameters, as training leaves
+    them: freshly initialised ones (mean 0, bias 0) output zero for a zeroed channel, so
+    a channel kept where it should go would not show in the grouped check."""
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.5)
+    return model
 
 
 def _calibration_batches(image_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,10 +1,17 @@
 """The pruner plugin contract and its registry.
 
 A plugin is a subclass of `PrunerPlugin` with a `name`, a one-line `description`,
-`needs_data`, and one method, `masks()`, that returns NNI-style masks:
-``{module_name: {"weight": 0/1 tensor shaped like the weight, "bias": ... (optional)}}``.
-The service does the rest (validation, physical removal with NNI's ModelSpeedup,
-fine-tuning, evaluation, recording), so every plugin is measured the same way.
+`needs_data`, and one method that says which output filters to remove:
+- `ScoringPlugin.scores()` returns one score per output filter of each layer (higher =
+  more important). The service turns scores into a choice of channels per group of
+  coupled layers (sweep_service.worker.groups), at the rate, for each group alike or
+  ranked across groups (`allocation`);
+- `PrunerPlugin.masks()` returns NNI-style masks,
+  ``{module_name: {"weight": 0/1 tensor shaped like the weight, "bias": ... (optional)}}``;
+  the service forms each group's choice from its members' masks by vote.
+A scoring plugin's masks are derived (`filter_masks_from_scores`), so every plugin has
+`masks()`. The service does the rest (validation, physical removal with NNI's
+ModelSpeedup, fine-tuning, evaluation, recording), so every plugin is measured the same way.
 
 Plugins are found in two places, on every process that needs them (a Ray worker loads
 them itself rather than trusting an import side effect of the coordinator):
@@ -13,9 +20,7 @@ them itself rather than trusting an import side effect of the coordinator):
 - installed packages declaring an entry point in the group ``sweep_service.pruners``
   that points at a `PrunerPlugin` subclass.
 
-`filter_masks_from_scores` turns one score per output filter into filter-structured
-masks at a rate, so a new criterion only has to compute scores. The full contract, for
-plugin authors, is in ``pruner_plugins/README.md``.
+The full contract, for plugin authors, is in ``pruner_plugins/README.md``.
 """
 from __future__ import annotations
 
@@ -64,6 +69,20 @@ class PrunerPlugin(abc.ABC):
         modules are an error. `data` is a few (inputs, labels) training batches when
         `needs_data` is true, else None.
         """
+
+
+class ScoringPlugin(PrunerPlugin):
+    """A plugin that scores filters; the service chooses the channels from the scores."""
+
+    @abc.abstractmethod
+    def scores(self, model: nn.Module, layers: list[str], data: Batches | None) -> dict[str, torch.Tensor]:
+        """Return, for every layer of `layers`, one non-negative score per output filter
+        (`weight.shape[0]` of them); higher means more important. Arguments as for
+        `PrunerPlugin.masks`."""
+
+    def masks(self, model: nn.Module, rate: float, layers: list[str], data: Batches | None) -> Masks:
+        """Each layer at the rate, as NNI's filter pruners do (`grouping: layer`)."""
+        return filter_masks_from_scores(model, layers, self.scores(model, layers, data), rate)
 
 
 def filter_masks_from_scores(model: nn.Module, layers: list[str], scores: dict[str, torch.Tensor],
@@ -137,8 +156,9 @@ def _entry(cls: type[PrunerPlugin], source: str) -> PluginEntry:
     return PluginEntry(name, cls, source)
 
 
-def _from_folder(folder: Path) -> list[PluginEntry]:
-    found = []
+def _from_folder(folder: Path) -> tuple[list[PluginEntry], dict[str, str]]:
+    """The plugins of the folder's files, and the files that failed (path -> why)."""
+    found, broken = [], {}
     for path in sorted(folder.glob("*.py")):
         if path.name.startswith("_"):
             continue
@@ -148,44 +168,79 @@ def _from_folder(folder: Path) -> list[PluginEntry]:
         sys.modules[module_name] = module
         try:
             spec.loader.exec_module(module)
+            found += [_entry(cls, str(path)) for cls in _plugin_classes(vars(module))]
+        except PluginError as exc:
+            broken[str(path)] = str(exc)
         except Exception as exc:
-            raise PluginError(f"plugin file {path} failed to import: {type(exc).__name__}: {exc}") from exc
-        found += [_entry(cls, str(path)) for cls in _plugin_classes(vars(module))]
-    return found
+            sys.modules.pop(module_name, None)
+            broken[str(path)] = f"plugin file {path} failed to import: {type(exc).__name__}: {exc}"
+    return found, broken
 
 
-def _from_entry_points() -> list[PluginEntry]:
-    found = []
+def _from_entry_points() -> tuple[list[PluginEntry], dict[str, str]]:
+    """The plugins of installed packages, and the entry points that failed (source -> why)."""
+    found, broken = [], {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         source = f"entry point {ep.name} = {ep.value}" + (f" ({ep.dist.name})" if ep.dist else "")
         try:
             cls = ep.load()
         except Exception as exc:
-            raise PluginError(f"{source} failed to load: {type(exc).__name__}: {exc}") from exc
+            broken[source] = f"{source} failed to load: {type(exc).__name__}: {exc}"
+            continue
         if not (inspect.isclass(cls) and issubclass(cls, PrunerPlugin)) or inspect.isabstract(cls):
-            raise PluginError(f"{source} is not a concrete PrunerPlugin subclass")
-        found.append(_entry(cls, source))
-    return found
+            broken[source] = f"{source} is not a concrete PrunerPlugin subclass"
+            continue
+        try:
+            found.append(_entry(cls, source))
+        except PluginError as exc:
+            broken[source] = str(exc)
+    return found, broken
 
 
-def load_plugins(folder: str | Path | None = None) -> dict[str, PluginEntry]:
+class Registry(dict):
+    """The plugins by name, and the plugin files that could not be loaded (`broken`: path ->
+    why). A broken file makes only its own plugins unavailable; an unknown name is an error
+    that names the broken files, which may define it."""
+
+    def __init__(self, plugins: dict[str, PluginEntry], broken: dict[str, str]):
+        super().__init__(plugins)
+        self.broken = broken
+
+    def unknown(self, names: list[str]) -> str:
+        """The message for pruner names that are not in the registry."""
+        message = f"unknown pruner(s) {names}; known pruners: {', '.join(sorted(self))}"
+        if self.broken:
+            message += "; these plugin files failed to load and may define them: " + "; ".join(self.broken.values())
+        return message
+
+
+def load_plugins(folder: str | Path | None = None) -> Registry:
     """All plugins by name. Two plugins with one name are an error naming both sources."""
-    folder = Path(folder).resolve() if folder else plugins_dir()
-    if not folder.is_dir():
-        raise PluginError(f"plugins folder {folder} does not exist (set SWEEP_PLUGINS_DIR)")
+    if folder:
+        folder = Path(folder).resolve()
+        if not folder.is_dir():
+            raise PluginError(f"plugins folder {folder} does not exist")
+    else:
+        folder = plugins_dir()
+        if not folder.is_dir():
+            raise PluginError(f"SWEEP_PLUGINS_DIR={os.environ.get('SWEEP_PLUGINS_DIR')}: no such folder; "
+                              "point it at a folder of plugin files, or unset it to use pruner_plugins/"
+                              if os.environ.get("SWEEP_PLUGINS_DIR") else f"plugins folder {folder} does not exist")
+    entries, broken = _from_folder(folder)
+    installed, broken_installed = _from_entry_points()
     registry: dict[str, PluginEntry] = {}
-    for entry in _from_folder(folder) + _from_entry_points():
+    for entry in entries + installed:
         if entry.name in registry:
             raise PluginError(
                 f"two pruner plugins are named {entry.name!r}: {registry[entry.name].source} and "
                 f"{entry.source}; rename one of them"
             )
         registry[entry.name] = entry
-    return registry
+    return Registry(registry, {**broken, **broken_installed})
 
 
 def get_plugin(name: str, folder: str | Path | None = None) -> PluginEntry:
     plugins = load_plugins(folder)
     if name not in plugins:
-        raise PluginError(f"unknown pruner {name!r}; known pruners: {', '.join(sorted(plugins))}")
+        raise PluginError(plugins.unknown([name]))
     return plugins[name]

@@ -18,8 +18,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from sweep_service.report import fmt
+
 # Bumped when the meaning of identical identity fields changes, e.g. how a rate is applied.
-KEY_VERSION = 2
+# 3: channels are chosen per group of coupled layers (`grouping`, `allocation`).
+KEY_VERSION = 3
 
 # A trial's kind and the states it goes through, as the store records them. SKIPPED: not run
 # because an adaptive search stopped its line (sweep_service.coordinator.search).
@@ -63,6 +66,10 @@ class TrialSpec:
     # The config's `compute`: "auto" (the sweep measures each model's fastest format once)
     # or a fixed sweep_service.worker.compute choice.
     compute: str = identity(default="fp32")
+    # How the plugin's choice becomes what speedup removes (coordinator.config.SweepConfig).
+    # The defaults are what specs recorded before these fields existed did: per-layer masks.
+    grouping: str = identity(default="layer")
+    allocation: str = identity(default="uniform")
     data_root: str = setting(default="")
     weights_dir: str = setting(default="")
     cpus: float = setting(default=1.0)
@@ -85,7 +92,7 @@ class TrialSpec:
     def label(self) -> str:
         if self.kind == BASELINE:
             return f"{self.model} baseline"
-        return f"{self.model} {self.pruner} {self.rate:.0%}"
+        return f"{self.model} {self.pruner} {fmt.rate(self.rate)}"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

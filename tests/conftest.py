@@ -1,5 +1,5 @@
 """Shared fixtures: a synthetic CIFAR-10-format data set made once per test session,
-and small sweep configs pointing into tmp folders."""
+small sweep configs pointing into tmp folders, and zoo models as after training."""
 from __future__ import annotations
 
 import os
@@ -46,3 +46,49 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 900) -> subproce
     """Run `python -m sweep_service ARGS` as a user would."""
     return subprocess.run([sys.executable, "-m", "sweep_service", *args], cwd=REPO, text=True,
                           capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def mount_point(tmp_path):
+    """A fresh tmpfs (2 MB) at a folder of `tmp_path`; `remount_read_only()` makes it
+    read-only, as a `:ro` volume or read-only media are. Skipped with the reason where
+    this process may not mount (it needs root, or CAP_SYS_ADMIN)."""
+    folder = tmp_path / "mnt"
+    folder.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.strip()}")
+
+    class Mount:
+        path = folder
+
+        @staticmethod
+        def remount_read_only() -> None:
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+    try:
+        yield Mount
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def trained_like(name: str):
+    """A zoo model whose batch norms hold statistics and affine parameters away from their
+    initial values, as after training. Freshly initialised ones output zero for a zeroed
+    channel, so a channel kept where it should have gone would not show."""
+    import torch
+    from torch import nn
+
+    from model_zoo import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, weights="none").eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.5)
+    return model

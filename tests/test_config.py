@@ -31,11 +31,29 @@ def test_valid_config_resolves_paths_and_rate_ranges(tiny_config):
         ({"weights": "coco"}, ["weights", "'imagenet' or 'none'"]),
         ({"prune_from": "scratch"}, ["prune_from", "'baseline' or 'pretrained'"]),
         ({"models": ["alexnet"], "image_size": 32}, ["alexnet", "at least 63 px"]),
-        ({"batch_size": 0}, ["batch_size", "greater than 0"]),
+        ({"batch_size": 0}, ["batch_size", "at least 2"]),
+        # accepted before, then every trial failed in batch norm (one image per batch)
+        ({"batch_size": 1}, ["batch_size", "at least 2, got 1", "batch norm"]),
+        ({"train_subset": 1}, ["train_subset", "at least 2, got 1"]),
+        ({"seed": -1}, ["seed", "greater than or equal to 0"]),
+        ({"seed": 2**40}, ["seed", "less than 4294967296"]),
+        ({"optimizer": {"lr": float("inf")}}, ["optimizer.lr", "finite number"]),
+        ({"resources": {"cpus": float("nan")}}, ["resources.cpus", "finite number"]),
+        ({"rates": {"start": 0.0001, "stop": 0.9999, "step": 1e-9}}, ["rates", "more than 1000 rates"]),
+        ({"rates": {"start": 0.8, "stop": 0.1, "step": 0.1}}, ["rates", "stop 0.1 is below start 0.8"]),
+        ({"trial_timeout_s": 0}, ["trial_timeout_s", "greater than 0"]),
+        ({"node_wait_s": -1}, ["node_wait_s", "greater than or equal to 0"]),
         ({"resources": {"cpus": 0}}, ["resources.cpus", "greater than 0"]),
         ({"optimizer": {"name": "lbfgs"}}, ["optimizer.name", "'sgd' or 'adamw'"]),
         ({"epochs": 3}, ["epochs", "unknown field", "finetune_epochs"]),
         ({"layers": {"type": ["Conv2d"]}}, ["layers.type", "unknown field", "types"]),
+        ({"grouping": "global"}, ["grouping", "'dependency' or 'layer'"]),
+        ({"allocation": "greedy"}, ["allocation", "'uniform' or 'global'"]),
+        ({"allocation": "global", "pruners": ["l1norm", "nni-taylor", "random"]},
+         ["allocation: allocation: global ranks filter scores across groups, but pruner(s) nni-taylor return "
+          "only masks; use allocation: uniform or pruners that return scores"]),
+        ({"allocation": "global", "grouping": "layer"},
+         ["allocation: allocation: global ranks channel groups, but grouping: layer prunes each layer at the rate"]),
     ],
 )
 def test_bad_field_names_the_field_and_allowed_values(tiny_config, changes, expected):
@@ -82,6 +100,7 @@ def test_overrides_win_and_are_validated(tiny_config, tmp_path):
     ({"finetune_epochs": -1}, "finetune_epochs"),
     ({"compute": "int8"}, "unknown compute 'int8'; choose auto or one of fp32"),
     ({"compute": "fp16"}, "compute fp16 runs only on GPUs but resources.gpus is 0"),
+    ({"allocation": "global", "pruners": ["nni-taylor"]}, "pruner(s) nni-taylor return only masks"),
 ])
 def test_cli_rejects_bad_config_before_anything_is_recorded_or_run(tiny_config, changes, expected):
     path, config = tiny_config(**changes)

@@ -19,6 +19,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -33,7 +34,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # .inf and .nan are YAML floats: no field means them
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class OptimizerConfig(_Strict):
@@ -93,10 +95,22 @@ class AdaptiveSettings(_Strict):
         return rungs
 
 
+MAX_RATES = 1000  # more rates than any chart or person can tell apart
+
+
 class RateRange(_Strict):
     start: float
     stop: float
     step: PositiveFloat
+
+    @model_validator(mode="after")
+    def _reasonable(self) -> "RateRange":
+        if self.stop < self.start:
+            raise ValueError(f"stop {self.stop} is below start {self.start}")
+        if (self.stop - self.start) / self.step >= MAX_RATES:
+            raise ValueError(f"start {self.start} to stop {self.stop} in steps of {self.step} makes more than "
+                             f"{MAX_RATES} rates; use a larger step")
+        return self
 
     def values(self) -> list[float]:
         n = int(round((self.stop - self.start) / self.step))
@@ -107,7 +121,7 @@ class SweepConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     models: list[str] = Field(min_length=1)
     pruners: list[str] = Field(min_length=1)
-    rates: list[float] = Field(min_length=1)
+    rates: list[float] = Field(min_length=1, max_length=MAX_RATES)
     dataset: Literal["cifar10", "synthetic"]
     data_root: Path = Path("data")
     weights: Literal["imagenet", "none"] = "imagenet"
@@ -115,21 +129,36 @@ class SweepConfig(_Strict):
     image_size: int = Field(32, ge=16, le=512)
     baseline_epochs: NonNegativeInt = 3
     finetune_epochs: NonNegativeInt = 1
-    batch_size: PositiveInt = 128
+    batch_size: int = 128
     eval_batch_size: PositiveInt = 512
     optimizer: OptimizerConfig = OptimizerConfig()
     augment: bool = True
-    seed: int = 0
-    train_subset: PositiveInt | None = None
+    seed: int = Field(0, ge=0, lt=2**32)  # what every random generator of a trial accepts
+    train_subset: int | None = None
     test_subset: PositiveInt | None = None
     calibration_batches: PositiveInt = 4
     layers: LayerSelection = LayerSelection()
+    # How a plugin's choice becomes what speedup removes (docs/pruning.md). dependency: layers
+    # whose channels are coupled (residual additions, depthwise convs...) are pruned as one
+    # group with one choice of channels. layer: each layer's own masks, as NNI's pruners give
+    # them; speedup then keeps every channel that one layer of a coupled set keeps (the
+    # reference study's behaviour).
+    grouping: Literal["dependency", "layer"] = "dependency"
+    # uniform: each group loses the rate of its channels. global: channels are ranked across
+    # groups by their plugin's scores, so some groups lose more than others.
+    allocation: Literal["uniform", "global"] = "uniform"
     prune_from: Literal["baseline", "pretrained"] = "baseline"
     resources: Resources = Resources()
     # Number format and memory layout of training (see sweep_service.worker.compute): fixed,
     # or "auto": each model's candidates are measured once and all its trials use the fastest.
     compute: str = "fp32"
     max_retries: NonNegativeInt = 2
+    # A trial running longer is cancelled and recorded as failed (a plugin that never
+    # returns, a hung device); raise it for long trials on slow machines.
+    trial_timeout_s: PositiveFloat = 6 * 3600.0
+    # How long a sweep on a joined cluster (RAY_ADDRESS) waits for a node that can hold a
+    # trial (`resources`) before it gives up; a local cluster cannot grow, and fails at once.
+    node_wait_s: NonNegativeFloat = 600.0
     latency_runs: PositiveInt = 20
     database: Path = Path("results/sweep.db")
     output_dir: Path = Path("results")
@@ -155,6 +184,13 @@ class SweepConfig(_Strict):
             raise ValueError(f"rates repeat a value: {rates}")
         return sorted(rates)
 
+    @field_validator("batch_size", "train_subset")
+    @classmethod
+    def _two_images_at_least(cls, value: int | None) -> int | None:
+        if value is not None and value < 2:
+            raise ValueError(f"must be at least 2, got {value}: batch norm cannot train on a single image")
+        return value
+
     @field_validator("models")
     @classmethod
     def _known_models(cls, models: list[str]) -> list[str]:
@@ -170,18 +206,36 @@ class SweepConfig(_Strict):
     @field_validator("pruners")
     @classmethod
     def _known_pruners(cls, pruners: list[str]) -> list[str]:
-        from sweep_service.plugins import load_plugins
+        from sweep_service.plugins import PluginError, load_plugins
 
-        known = sorted(load_plugins())
-        unknown = [p for p in pruners if p not in known]
+        try:
+            plugins = load_plugins()
+        except PluginError as exc:
+            raise ValueError(str(exc)) from None
+        unknown = [p for p in pruners if p not in plugins]
         if unknown:
-            raise ValueError(
-                f"unknown pruner(s) {unknown}; known pruners: {', '.join(known)} "
-                "(see `python -m sweep_service plugins list`)"
-            )
+            raise ValueError(plugins.unknown(unknown) + " (see `python -m sweep_service plugins list`)")
         if len(set(pruners)) != len(pruners):
             raise ValueError(f"pruners repeat a name: {pruners}")
         return pruners
+
+    @field_validator("allocation")
+    @classmethod
+    def _global_needs_scores(cls, allocation: str, info: ValidationInfo) -> str:
+        if allocation != "global":
+            return allocation
+        if info.data.get("grouping") == "layer":
+            raise ValueError("allocation: global ranks channel groups, but grouping: layer prunes each layer "
+                             "at the rate; use grouping: dependency or allocation: uniform")
+        from sweep_service.plugins import ScoringPlugin, load_plugins
+
+        plugins = load_plugins()
+        masks_only = [p for p in info.data.get("pruners") or [] if not issubclass(plugins[p].cls, ScoringPlugin)]
+        if masks_only:
+            raise ValueError(f"allocation: global ranks filter scores across groups, but pruner(s) "
+                             f"{', '.join(masks_only)} return only masks; use allocation: uniform or pruners "
+                             "that return scores (GIVES in `python -m sweep_service plugins list`)")
+        return allocation
 
     @field_validator("compute")
     @classmethod
@@ -273,9 +327,15 @@ def read_config_file(path: str | Path) -> Any:
     """The YAML document of a config file (not yet validated: see parse_config)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist" if not path.exists()
+                          else f"config file {path} is not a file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if data is None:

@@ -1,7 +1,10 @@
 """A sweep's trials as CSV or JSON, for spreadsheets, notebooks and other tools.
 
 CSV: one row per trial, every column of the `trials` table (the spec as JSON text in
-`spec_json`), fractions as fractions, times in ISO 8601 UTC. JSON: an object with the
+`spec_json`), fractions as fractions, times in ISO 8601 UTC. A text cell that a spreadsheet
+would run as a formula (it starts with =, +, -, @, a tab or a carriage return: an error text
+can hold `=HYPERLINK(...)`) is written with a leading apostrophe, which spreadsheets show
+as text; numbers are written as they are. JSON: an object with the
 sweep (its config and library versions parsed) and the list of trials (`spec` parsed).
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ from sweep_service.report.fmt import jsonable
 from sweep_service.report.results import SweepResults
 
 FORMATS = ("csv", "json")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 TRIAL_COLUMNS = tuple(c.name for c in TrialRow.__table__.columns if c.name != "id")
 
 
@@ -24,10 +28,19 @@ def trial_records(results: SweepResults, status: str | None = None) -> list[dict
             for t in results.trials if status is None or t["status"] == status]
 
 
+def spreadsheet_safe(value: Any) -> Any:
+    """`value`, or for text a spreadsheet would run as a formula, that text made inert."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_csv(results: SweepResults, out: TextIO, status: str | None = None) -> int:
     """Write the trials as CSV; returns how many rows."""
-    rows = trial_records(results, status)
-    writer = csv.DictWriter(out, fieldnames=TRIAL_COLUMNS, lineterminator="\n")
+    rows = [{k: spreadsheet_safe(v) for k, v in row.items()} for row in trial_records(results, status)]
+    # CRLF, as RFC 4180 has it: the writer then quotes every text holding a carriage return
+    # (with "\n" alone it would leave one unquoted, and readers would split the row there).
+    writer = csv.DictWriter(out, fieldnames=TRIAL_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
     writer.writerows(rows)
     return len(rows)

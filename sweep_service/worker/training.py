@@ -43,7 +43,8 @@ class FineTune:
         self.total_steps = epochs * self.steps_per_epoch
         compute.prepare(model)
         self.optimizer = make_optimizer(model, optimizer_settings)
-        total, warmup = self.total_steps, max(1, min(self.total_steps // 10, 100))
+        # max(1, ...): with no epochs there is no step, but LambdaLR evaluates the schedule once.
+        total, warmup = max(1, self.total_steps), max(1, min(self.total_steps // 10, 100))
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
         )

@@ -1,11 +1,12 @@
 """One trial, as run on a Ray worker: a TrialSpec in, a result dict out.
 
 A baseline trial fine-tunes the pretrained model with a new 10-class head. A pruned
-trial starts from the baseline's checkpoint (or the pretrained weights), asks its
-plugin for masks, removes the masked channels with NNI's ModelSpeedup, fine-tunes,
-evaluates and measures. Failures come back as results with the error text, never as
-exceptions, so one bad trial never stops a sweep (only a dead worker raises, and the
-coordinator retries the trial).
+trial starts from the baseline's checkpoint (or the pretrained weights), finds the groups
+of coupled layers, asks its plugin for scores or masks, forms the masks, removes the
+masked channels with NNI's ModelSpeedup, checks that the sped-up model computes what
+the masked model computes, evaluates it, fine-tunes, evaluates and measures. Failures
+come back as results with the error text, never as exceptions, so one bad trial never
+stops a sweep (only a dead worker raises, and the coordinator retries the trial).
 
 In an adaptive sweep a pruned trial may stop part-way through its fine-tune (`stop_at`)
 and send back a rung checkpoint, from which a later task, on any worker, continues it
@@ -15,9 +16,9 @@ Workers are reused across trials, so the data set and the imports are kept per p
 """
 from __future__ import annotations
 
-import copy
 import functools
 import io
+import json
 import math
 import os
 import socket
@@ -36,8 +37,16 @@ from sweep_service.spec import BASELINE, COMPLETED, FAILED, TrialSpec
 from sweep_service.worker import data as datasets
 from sweep_service.worker import heap
 from sweep_service.worker.compute import Compute, probe_formats
+from sweep_service.worker.groups import channel_groups
 from sweep_service.worker.measure import count_macs, count_params, cpu_latency_ms
-from sweep_service.worker.pruning import check_masks, select_layers, speedup
+from sweep_service.worker.pruning import (
+    channel_sparsity,
+    plan_pruning,
+    prune_and_verify,
+    pruned_channels,
+    run_plugin,
+    select_layers,
+)
 from sweep_service.worker.training import FineTune, evaluate, with_precise_batch_norm
 
 
@@ -54,10 +63,17 @@ class TrialOutput:
 @dataclass
 class _Phases:
     times: dict[str, float] = field(default_factory=dict)
-    current: str = "start"
+    current: str = "startup"
+    on_enter: Callable[[str], None] | None = None  # told each phase as the trial enters it
+
+    def enter(self, phase: str) -> None:
+        self.current = phase
+        if self.on_enter is not None:
+            self.on_enter(phase)
 
     def run(self, phase: str, fn, *args, **kwargs):
-        self.current = phase
+        if phase != self.current:
+            self.enter(phase)
         start = time.perf_counter()
         try:
             return fn(*args, **kwargs)
@@ -69,12 +85,13 @@ class _Phases:
 def prepare_process() -> float:
     """Once per worker process: keep freed memory in the heap for the next training step
     (sweep_service.worker.heap), quiet libraries, and import what every trial needs
-    (torchvision, NNI, torch's FLOP counter). Ray runs it as a worker process starts (the
-    runtime environment's setup hook, sweep_service.coordinator.cluster); else the first
-    trial does. Returns the seconds it took."""
+    (torchvision, NNI, Torch-Pruning, torch's FLOP counter). Ray runs it as a worker
+    process starts (the runtime environment's setup hook, sweep_service.coordinator.cluster);
+    else the first trial does. Returns the seconds it took."""
     start = time.perf_counter()
     heap.keep_freed_memory()
     import torch.utils.flop_counter  # noqa: F401
+    import torch_pruning  # noqa: F401
     import torchvision.datasets  # noqa: F401
     import torchvision.models  # noqa: F401
 
@@ -112,19 +129,22 @@ Checkpoint = Union[bytes, Callable[[], bytes]]
 
 
 def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
-              plugins_dir: str | None = None, compute: str = "fp32", *, stop_at: float = 1.0,
+              plugins_dir: str | None = None, compute: str = "fp32",
+              on_phase: Callable[[str], None] | None = None, *, stop_at: float = 1.0,
               resume_from: Checkpoint | None = None) -> TrialOutput:
     """Run one trial. `baseline_checkpoint`: the baseline's state_dict bytes, or a function
     that fetches them. `compute`: the number format and layout every trial of this model
-    trains in (sweep_service.worker.compute). `stop_at`: the share of the fine-tune's steps
-    to train before evaluating; short of the end, the output carries a rung checkpoint.
-    `resume_from`: such a checkpoint (or a function that fetches it), to continue from
-    instead of pruning."""
+    trains in (sweep_service.worker.compute). `on_phase` is told the name of each phase
+    (startup, data, build, prune, group, speedup, finetune, eval, measure) as the trial enters it.
+    `stop_at`: the share of the fine-tune's steps to train before evaluating; short of the
+    end, the output carries a rung checkpoint. `resume_from`: such a checkpoint (or a
+    function that fetches it), to continue from instead of pruning."""
     started_at = time.time()
-    phases = _Phases()
+    phases = _Phases(on_enter=on_phase)
+    phases.enter("startup")
     startup_start = time.perf_counter()
     result: dict[str, Any] = {"worker_host": socket.gethostname(), "worker_pid": os.getpid()}
-    artifact = rung_checkpoint = model = masks = fine_tune_state = None
+    artifact = rung_checkpoint = model = fine_tune_state = None
     try:
         threads = _threads_for(spec)
         torch.set_num_threads(threads)
@@ -139,32 +159,26 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
         splits = phases.run("data", datasets.load, spec.dataset, spec.data_root)
         train_set = datasets.subset(splits.train, spec.train_subset, spec.seed)
         test_set = datasets.subset(splits.test, spec.test_subset, spec.seed + 1)
+        # Batch norm cannot train on a last batch of one image.
         train_batches = datasets.TensorBatches(train_set, batch_size=spec.batch_size,
                                                image_size=spec.image_size, shuffle=True,
-                                               augment=spec.augment, seed=spec.seed)
+                                               augment=spec.augment, seed=spec.seed, min_batch=2)
         test_batches = datasets.TensorBatches(test_set, batch_size=spec.eval_batch_size,
                                               image_size=spec.image_size)
 
         if resume_from is not None:
-            model, fine_tune_state, params_before, macs_before = phases.run("build", _load_rung_checkpoint,
-                                                                            resume_from)
+            model, fine_tune_state, earlier = phases.run("build", _load_rung_checkpoint, resume_from)
+            result.update(earlier)
         else:
             model = phases.run("build", _build_start_model, spec, baseline_checkpoint)
             params_before, macs_before = _unpruned_figures(model, spec)
-        result.update(params_before=params_before, macs_before=macs_before)
+            result.update(params_before=params_before, macs_before=macs_before)
+        params_before, macs_before = result["params_before"], result["macs_before"]
 
         if spec.kind != BASELINE and resume_from is None:
-            plugin = get_plugin(spec.pruner, plugins_dir).create()
-            layers = select_layers(model, spec.model, spec.layers)
-            calibration = None
-            if plugin.needs_data:
-                calibration = datasets.TensorBatches(train_set, batch_size=spec.batch_size,
-                                                     image_size=spec.image_size,
-                                                     max_batches=spec.calibration_batches)
-            masks = phases.run("prune", plugin.masks, copy.deepcopy(model).eval(), spec.rate,
-                               layers, calibration)
-            phases.run("prune", check_masks, model, masks, layers, spec.rate)
-            model = phases.run("speedup", speedup, model, masks, spec.image_size)
+            result.update(_prune(spec, model, train_set, plugins_dir, phases))
+            model.to(device)
+            result["accuracy_pruned"] = phases.run("eval", evaluate, model, test_batches, device, chosen)
 
         model.to(device)
         fine_tune = FineTune(model, train_batches, epochs=spec.epochs, optimizer_settings=spec.optimizer,
@@ -173,7 +187,8 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
             fine_tune.load_state_dict(fine_tune_state)
         phases.run("finetune", fine_tune.run, fine_tune.steps_for(stop_at))
         if fine_tune.step < fine_tune.total_steps:  # taken before evaluating draws random numbers
-            rung_checkpoint = phases.run("finetune", _rung_checkpoint, model, fine_tune, params_before, macs_before)
+            rung_checkpoint = phases.run("finetune", _rung_checkpoint, model, fine_tune,
+                                         {k: result[k] for k in CARRIED_FIGURES if k in result})
             # Judged, and shipped if it stops here, as its weights stand (the checkpoint keeps
             # the model as it trains on).
             calibration = datasets.TensorBatches(train_set, batch_size=spec.batch_size, image_size=spec.image_size,
@@ -203,24 +218,49 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
         result.update(status=FAILED, error=f"{phases.current} failed: {type(exc).__name__}: {exc}\n{tail}")
     result.update(phases.times)
     result["time_total_s"] = time.perf_counter() - startup_start
-    model = masks = None  # drop this trial's tensors before trimming the heap
+    model = None  # drop this trial's tensors before trimming the heap
     heap.release()
     result["worker_rss_mb"] = psutil.Process().memory_info().rss / 2**20
     result["worker_shared_mb"] = _object_store_pages_mb()
     return TrialOutput(result=result, artifact=artifact, started_at=started_at, rung_checkpoint=rung_checkpoint)
 
 
-def run_on_worker(spec: TrialSpec, checkpoint: list, plugins_folder: str, compute: str, stop_at: float = 1.0,
-                  resume_from: tuple = ()) -> TrialOutput:
+def _prune(spec: TrialSpec, model: torch.nn.Module, train_set: datasets.ImageSet, plugins_dir: str | None,
+           phases: _Phases) -> dict[str, Any]:
+    """Find the channel groups, ask the plugin, form the masks (per group or per layer),
+    speed `model` up in place and check it against the masked model; returns the row's
+    pruning figures. Each step is timed as its phase, which also names it in an error."""
+    plugin = phases.run("prune", lambda: get_plugin(spec.pruner, plugins_dir).create())
+    layers = select_layers(model, spec.model, spec.layers)
+    calibration = None
+    if plugin.needs_data:
+        calibration = datasets.TensorBatches(train_set, batch_size=spec.batch_size, image_size=spec.image_size,
+                                             max_batches=spec.calibration_batches)
+    groups = phases.run("group", channel_groups, model, layers, spec.image_size)
+    choice = phases.run("prune", run_plugin, plugin, model, spec.rate, layers, calibration)
+    plan = phases.run("prune", plan_pruning, model, groups, choice, layers, spec.rate, spec.grouping,
+                      spec.allocation)
+    filters_before = {name: model.get_submodule(name).weight.shape[0] for name in layers}
+    difference = phases.run("speedup", prune_and_verify, model, groups, plan, spec.image_size)
+    channels = pruned_channels(model, layers, filters_before)
+    return dict(speedup_max_abs_diff=difference, channel_sparsity=channel_sparsity(channels),
+                pruned_channels_json=json.dumps(channels))
+
+
+def run_on_worker(spec: TrialSpec, checkpoint: list, plugins_folder: str, compute: str,
+                  phases=None, stop_at: float = 1.0, resume_from: tuple = ()) -> TrialOutput:
     """The Ray task the coordinator dispatches. `checkpoint` holds the baseline's ObjectRef,
     if any, and `resume_from` a rung checkpoint's: inside a list or tuple, Ray hands over the
     reference instead of the bytes, so the trial fetches them when it builds its model and
-    drops them once loaded, rather than holding a copy to its end."""
+    drops them once loaded, rather than holding a copy to its end. `phases`: the
+    coordinator's TrialPhases actor (sweep_service.worker.progress), told each phase the
+    trial enters."""
     import ray
 
     fetch = (lambda: ray.get(checkpoint[0])) if checkpoint else None
     resume = (lambda: ray.get(resume_from[0])) if resume_from else None
-    return run_trial(spec, fetch, plugins_folder, compute, stop_at=stop_at, resume_from=resume)
+    on_phase = (lambda phase: phases.enter.remote(spec.key, phase)) if phases is not None else None
+    return run_trial(spec, fetch, plugins_folder, compute, on_phase, stop_at=stop_at, resume_from=resume)
 
 
 def measure_formats(spec: TrialSpec) -> dict[str, float]:
@@ -277,21 +317,26 @@ def _build_start_model(spec: TrialSpec, baseline_checkpoint: Checkpoint | None) 
     return model
 
 
-def _rung_checkpoint(model: torch.nn.Module, fine_tune: FineTune, params_before: int, macs_before: int) -> bytes:
+# What a trial measured before its fine-tune, which a trial continued from a rung checkpoint
+# cannot measure again (its model is pruned and partly trained) and so reads from it.
+CARRIED_FIGURES = ("params_before", "macs_before", "speedup_max_abs_diff", "channel_sparsity",
+                   "pruned_channels_json", "accuracy_pruned")
+
+
+def _rung_checkpoint(model: torch.nn.Module, fine_tune: FineTune, figures: dict[str, Any]) -> bytes:
     """What continues a stopped fine-tune: the pruned module itself (its architecture is the
-    pruning's), the fine-tune's state, and the unpruned model's figures."""
+    pruning's), the fine-tune's state, and the figures taken before the fine-tune."""
     buffer = io.BytesIO()
-    torch.save({"model": model, "fine_tune": fine_tune.state_dict(), "params_before": params_before,
-                "macs_before": macs_before}, buffer)
+    torch.save({"model": model, "fine_tune": fine_tune.state_dict(), "figures": figures}, buffer)
     return buffer.getvalue()
 
 
-def _load_rung_checkpoint(checkpoint: Checkpoint) -> tuple[torch.nn.Module, dict[str, Any], int, int]:
+def _load_rung_checkpoint(checkpoint: Checkpoint) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
     saved = checkpoint() if callable(checkpoint) else checkpoint
     # A whole module is a pickle (weights_only cannot read it); this one was written by a
     # worker of this sweep and kept by its coordinator.
     state = torch.load(io.BytesIO(saved), map_location="cpu", weights_only=False)
-    return state["model"], state["fine_tune"], state["params_before"], state["macs_before"]
+    return state["model"], state["fine_tune"], state["figures"]
 
 
 def _artifact(model: torch.nn.Module, spec: TrialSpec) -> bytes:
