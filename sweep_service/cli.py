@@ -89,9 +89,12 @@ def _status(args: argparse.Namespace) -> int:
     for row in trials:
         accuracy = f"{row['accuracy']:.1%}" if row["accuracy"] is not None else "-"
         reduction = f"{row['param_reduction']:.1%}" if row["param_reduction"] is not None else "-"
+        # A short-budget result (an adaptive sweep's rung) says how much of its fine-tune it had.
+        budget = f" at {row['budget']:.0%}" if row["accuracy"] is not None and (row["budget"] or 1.0) < 1.0 else ""
         where = row["worker_host"] or ""
         print(f"  {row['model']:<16} {row['pruner']:<10} {fmt.rate(row['rate']):>4}  {row['status']:<9} "
-              f"acc {accuracy:>6}  params -{reduction:>6}  {where}")
+              f"acc {accuracy:>6}{budget}  params -{reduction:>6}  {where}"
+              + (f"  ({row['stop_reason']})" if row["stop_reason"] else ""))
     return 0
 
 

@@ -98,7 +98,7 @@ def test_page_shows_tables_metadata_and_relative_links(reference):
     assert f"{f['latency_ms']:.3g} ms" in resnet
     # Metadata: data set, weights, versions, config, times, counts.
     for text in (DATASET, "ImageNet-pretrained", "2.14.1", "nni", "&#34;image_size&#34;: 64",
-                 "173 completed, 2 failed, 0 running, 0 pending", "175 of 175 trials done",
+                 "173 completed, 2 failed, 0 skipped, 0 running, 0 pending", "175 of 175 trials done",
                  "generated synthetic data", reference["sweep_id"], "started:", "finished:"):
         assert text in html, text
     assert "trials.csv" in page.links and (reference["out"] / "trials.csv").is_file()
@@ -250,7 +250,7 @@ def test_cli_report_defaults_to_the_sweeps_output_dir(tmp_path, capsys):
     assert main(["report", "--db", str(db)]) == 0
     out = capsys.readouterr().out
     assert f"report: {report / 'index.html'}" in out
-    assert "2 completed, 0 failed, 0 running, 0 pending; 6 charts" in out
+    assert "2 completed, 0 failed, 0 skipped, 0 running, 0 pending; 6 charts" in out
     assert (report / "index.html").is_file()
     assert not (report / "model_gone.png").exists()
     assert sorted(p.name for p in report.iterdir() if p.name.startswith(".")) == [".charts.json"]

@@ -42,7 +42,8 @@ def test_trials_table_schema_and_idempotent_insert(tiny_config, tmp_path):
     rows = store.trials(config.sweep_id())
     assert {(r["kind"], r["grouping"], r["allocation"]) for r in rows} == {("baseline", None, None),
                                                                           ("pruned", "dependency", "uniform")}
-    assert store.counts(config.sweep_id()) == {"pending": len(specs), "running": 0, "completed": 0, "failed": 0}
+    assert store.counts(config.sweep_id()) == {"pending": len(specs), "running": 0, "completed": 0, "failed": 0,
+                                               "skipped": 0}
 
 
 def test_record_link_baselines_and_reset(tiny_config, tmp_path):

@@ -71,6 +71,30 @@ class Constraints(_Strict):
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
 
 
+class AdaptiveSettings(_Strict):
+    """How `search: adaptive` decides what to run (see docs/search.md).
+
+    A line (a model and pruner's rates, low to high) stops at the first rate whose accuracy is
+    below the floor: `min_accuracy`, or `max_drop` below the model's baseline (both: the
+    higher); with neither, when accuracy is within noise of chance. Every pruned trial first
+    fine-tunes to the `rungs` (fractions of its steps, increasing) and continues past each
+    only while it could still reach the Pareto front of accuracy against `front`."""
+
+    min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    max_drop: float | None = Field(None, gt=0.0, le=1.0)
+    rungs: list[float] = Field(default_factory=lambda: [0.25])
+    front: Literal["params", "macs", "latency"] = "params"
+    refine: bool = False
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs_increase_inside_the_budget(cls, rungs: list[float]) -> list[float]:
+        if any(not 0.0 < r < 1.0 for r in rungs) or rungs != sorted(set(rungs)):
+            raise ValueError(f"rungs must be increasing fractions strictly between 0 and 1 (the full fine-tune "
+                             f"is always the last rung), got {rungs}; e.g. [0.25], or [] for no early stopping")
+        return rungs
+
+
 MAX_RATES = 1000  # more rates than any chart or person can tell apart
 
 
@@ -139,6 +163,9 @@ class SweepConfig(_Strict):
     database: Path = Path("results/sweep.db")
     output_dir: Path = Path("results")
     constraints: Constraints | None = None
+    # `grid` runs every trial in full; `adaptive` only what can reach the Pareto front.
+    search: Literal["grid", "adaptive"] = "grid"
+    adaptive: AdaptiveSettings = AdaptiveSettings()
 
     @field_validator("rates", mode="before")
     @classmethod
@@ -224,6 +251,13 @@ class SweepConfig(_Strict):
         if self.compute.startswith("fp16") and self.resources.gpus == 0:
             raise ValueError(f"compute {self.compute} runs only on GPUs but resources.gpus is 0; "
                              "set resources.gpus or use compute: auto, bf16 or fp32")
+        return self
+
+    @model_validator(mode="after")
+    def _adaptive_settings_need_adaptive_search(self) -> "SweepConfig":
+        if "adaptive" in self.model_fields_set and self.search != "adaptive":
+            raise ValueError("`adaptive` settings are given but `search` is grid, which ignores them; "
+                             "set `search: adaptive` or remove `adaptive`")
         return self
 
     @model_validator(mode="after")

@@ -3,7 +3,10 @@
 One row per sweep in `sweeps` (its config, data set, weights and library versions), one
 row per trial in `trials`, unique on (sweep_id, key): a re-run of the same config finds
 its finished trials, and a trial is never recorded twice. `sweep_locks` says which
-coordinator runs a sweep (sweep_service.coordinator.lock): each sweep has one writer.
+coordinator runs a sweep (sweep_service.coordinator.lock): each sweep has one writer. An
+adaptive sweep also keeps each pruned trial's intermediate results in `rungs` (its
+short-budget accuracy, the checkpoint it can continue from, and whether it did), so that a
+re-run never trains a finished rung again.
 
 Only `run` writes (`ResultStore(path)`), and only to a file that is the service's: the file
 is marked with SQLite's `application_id` and its schema version with `user_version`, and a
@@ -44,13 +47,13 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
 
-from sweep_service.spec import BASELINE, COMPLETED, PENDING, PRUNED, RUNNING, STATUSES
+from sweep_service.spec import BASELINE, COMPLETED, PENDING, PRUNED, RUNNING, SKIPPED, STATUSES
 
 # SQLite's `application_id` header field marks a file as a sweep-service database ("SwpS").
 APPLICATION_ID = int.from_bytes(b"SwpS", "big")
 # `user_version`: the schema this version writes. Raised with every schema change; `run`
 # upgrades older files (columns and tables are only ever added) and refuses newer ones.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Files written before the marks existed (application_id 0) are the service's if they hold
 # these tables with these columns.
 _OWN_COLUMNS = {"sweeps": {"sweep_id", "config_json"}, "trials": {"sweep_id", "key", "spec_json"}}
@@ -147,6 +150,41 @@ class TrialRow(Base):
     artifact_path: Mapped[str | None] = mapped_column(String, default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    # Adaptive search (sweep_service.coordinator.search). budget: the share of the trial's
+    # fine-tune its result trained (1.0: all of it; None: written before budgets were
+    # recorded, so all of it); rung: which rung that was (1 the first, len(rungs) + 1 the
+    # full fine-tune); stop_reason: why a completed trial stopped short, or a skipped one
+    # did not run.
+    budget: Mapped[float | None] = mapped_column(default=None)
+    rung: Mapped[int | None] = mapped_column(default=None)
+    stop_reason: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class RungRow(Base):
+    """A pruned trial's result at an intermediate rung of an adaptive sweep, the checkpoint
+    it can continue from, and the decision taken on it: `continue` (it trained on) or
+    `stop` (its row keeps this result); None while undecided."""
+
+    __tablename__ = "rungs"
+    __table_args__ = (UniqueConstraint("sweep_id", "key", "budget", name="uq_rung_per_trial"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.sweep_id"), index=True)
+    key: Mapped[str] = mapped_column(String)
+    rung: Mapped[int] = mapped_column(Integer)
+    budget: Mapped[float] = mapped_column(Float)  # share of the fine-tune's steps trained
+    accuracy: Mapped[float | None] = mapped_column(default=None)
+    params_after: Mapped[int | None] = mapped_column(default=None)
+    macs_after: Mapped[int | None] = mapped_column(default=None)
+    latency_ms: Mapped[float | None] = mapped_column(default=None)
+    checkpoint_path: Mapped[str | None] = mapped_column(String, default=None)
+    decision: Mapped[str | None] = mapped_column(String, default=None)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=utcnow)
+
+
+RUNG_STOP, RUNG_CONTINUE = "stop", "continue"
 
 
 class SweepLockRow(Base):
@@ -317,18 +355,75 @@ class ResultStore:
             row.status = RUNNING
             row.attempts += 1
             row.started_at = utcnow()
-            row.error = None
+            row.error = row.stop_reason = row.rung = None
 
-    def record(self, sweep_id: str, key: str, result: dict[str, Any]) -> None:
-        """Store a finished trial's result (status completed or failed)."""
+    def record(self, sweep_id: str, key: str, result: dict[str, Any], *, add_times: bool = False) -> None:
+        """Store a finished trial's result (status completed or failed). `add_times`: the
+        result continues the row's earlier rung, so its phase times add to the row's."""
         unknown = set(result) - set(RESULT_FIELDS)
         if unknown:
             raise KeyError(f"unknown result fields {sorted(unknown)}")
         with Session(self.engine) as s, s.begin():
             row = self._row(s, sweep_id, key)
             for name, value in result.items():
+                earlier = getattr(row, name)
+                if add_times and name.startswith("time_") and value is not None and earlier is not None:
+                    value += earlier
                 setattr(row, name, value)
             row.finished_at = utcnow()
+
+    # adaptive search ------------------------------------------------------
+    def record_rung(self, sweep_id: str, key: str, rung: int, result: dict[str, Any], checkpoint_path: str,
+                    *, add_times: bool) -> None:
+        """A pruned trial's result at an intermediate rung: kept in `rungs`, and shown in its
+        row, which stays pending until the search decides on it. `add_times`: it continued
+        an earlier rung."""
+        with Session(self.engine) as s, s.begin():
+            s.add(RungRow(sweep_id=sweep_id, key=key, rung=rung, budget=result["budget"],
+                          accuracy=result.get("accuracy"), params_after=result.get("params_after"),
+                          macs_after=result.get("macs_after"), latency_ms=result.get("latency_ms"),
+                          checkpoint_path=checkpoint_path))
+        self.record(sweep_id, key, {**result, "status": PENDING, "rung": rung, "stop_reason": None},
+                    add_times=add_times)
+
+    def decide_rung(self, sweep_id: str, key: str, budget: float, decision: str, reason: str | None = None) -> None:
+        """Record the search's decision on a trial's latest rung; on `stop`, the rung's result
+        becomes the trial's: completed, with the reason it stopped short."""
+        with Session(self.engine) as s, s.begin():
+            rung = s.scalars(select(RungRow).where(RungRow.sweep_id == sweep_id, RungRow.key == key,
+                                                   RungRow.budget == budget)).one()
+            rung.decision, rung.reason = decision, reason
+            if decision == RUNG_STOP:
+                row = self._row(s, sweep_id, key)
+                row.status, row.stop_reason = COMPLETED, reason
+
+    def drop_checkpoints(self, sweep_id: str, key: str) -> list[str]:
+        """Forget a trial's rung checkpoints (it has trained in full, or stopped); returns their paths."""
+        with Session(self.engine) as s, s.begin():
+            rungs = s.scalars(select(RungRow).where(RungRow.sweep_id == sweep_id, RungRow.key == key,
+                                                    RungRow.checkpoint_path.is_not(None))).all()
+            paths = [r.checkpoint_path for r in rungs]
+            for r in rungs:
+                r.checkpoint_path = None
+            return paths
+
+    def rungs(self, sweep_id: str) -> dict[str, list[dict[str, Any]]]:
+        """Each trial's intermediate rungs, by key, in the order it trained them."""
+        if not self._has(RungRow):
+            return {}
+        query = self._select(RungRow).where(RungRow.sweep_id == sweep_id).order_by(RungRow.key, RungRow.budget)
+        with self._reading() as c:
+            rows = c.execute(query).all()
+        found: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            found.setdefault(r.key, []).append(self._as_dict(RungRow, r))
+        return found
+
+    def skip(self, sweep_id: str, key: str, reason: str) -> None:
+        """Record that the search will not run this trial, and why."""
+        with Session(self.engine) as s, s.begin():
+            row = self._row(s, sweep_id, key)
+            row.status, row.stop_reason = SKIPPED, reason
 
     def link_baselines(self, sweep_id: str) -> None:
         """Give each pruned trial its model's baseline accuracy and its accuracy drop."""

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from sweep_service.report import fmt
+from sweep_service.spec import STATUSES
 
 EXIT_OK, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
 
@@ -190,6 +191,6 @@ def register(subparsers) -> None:
                         help="output format (default: json if --output ends in .json, else csv)")
     export.add_argument("--output", "-o", type=Path, metavar="FILE",
                         help="file to write, or - for standard output (the default)")
-    export.add_argument("--status", choices=("completed", "failed", "running", "pending"),
+    export.add_argument("--status", choices=STATUSES,
                         help="only trials with this status (default: all)")
     export.set_defaults(func=_export)

@@ -15,7 +15,7 @@ from sweep_service.coordinator.lock import is_live
 from sweep_service.coordinator.store import ResultStore
 from sweep_service.dataset_info import describe
 from sweep_service.report import fmt
-from sweep_service.spec import BASELINE, COMPLETED, FAILED, PENDING, PRUNED, RUNNING
+from sweep_service.spec import BASELINE, COMPLETED, FAILED, PENDING, PRUNED, RUNNING, SKIPPED
 
 # The costs that the trade-off charts and the Pareto set weigh accuracy against.
 COSTS = ("params_after", "macs_after", "latency_ms")
@@ -75,7 +75,7 @@ class SweepResults:
 
     @cached_property
     def counts(self) -> dict[str, int]:
-        counts = {s: 0 for s in (COMPLETED, FAILED, RUNNING, PENDING)}
+        counts = {s: 0 for s in (COMPLETED, FAILED, SKIPPED, RUNNING, PENDING)}
         for t in self.trials:
             counts[t["status"]] = counts.get(t["status"], 0) + 1
         return counts
