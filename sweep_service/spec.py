@@ -27,6 +27,16 @@ PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed
 STATUSES = (PENDING, RUNNING, COMPLETED, FAILED)
 
 
+def rate_text(rate: float) -> str:
+    """A pruning rate for people: 0.3 -> '30%', 0.125 -> '12.5%', 0.9999 -> '99.99%' (never
+    rounded to 0 % or 100 %, which no rate is)."""
+    percent = rate * 100
+    digits = 4  # 12.3456 %: finer than any grid needs
+    while digits < 12 and round(percent, digits) in (0, 100) and percent not in (0, 100):
+        digits += 1
+    return f"{round(percent, digits):.{digits}f}".rstrip("0").rstrip(".") + "%"
+
+
 def identity(**kwargs) -> Any:
     """A field that determines the trial's result: part of its key."""
     return field(metadata={"identity": True}, **kwargs)
@@ -84,7 +94,7 @@ class TrialSpec:
     def label(self) -> str:
         if self.kind == BASELINE:
             return f"{self.model} baseline"
-        return f"{self.model} {self.pruner} {self.rate:.0%}"
+        return f"{self.model} {self.pruner} {rate_text(self.rate)}"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -46,6 +46,9 @@ class SweepRow(Base):
     dataset: Mapped[str] = mapped_column(String)
     weights: Mapped[str] = mapped_column(String)
     versions_json: Mapped[str] = mapped_column(Text, default="{}")
+    # Where the results came from besides the libraries (sweep_service.provenance): the
+    # project's git commit and a hash of the data set's files, as of the latest run.
+    provenance_json: Mapped[str | None] = mapped_column(Text, default="{}")
     # With `compute: auto`: {model: {"format": name, "timings": {format: seconds per step}}},
     # measured once, so that every trial of a model, in this run or a later one, trains alike.
     formats_json: Mapped[str] = mapped_column(Text, default="{}")
@@ -65,11 +68,19 @@ class TrialRow(Base):
     kind: Mapped[str] = mapped_column(String)  # BASELINE or PRUNED
     model: Mapped[str] = mapped_column(String)
     pruner: Mapped[str] = mapped_column(String)  # "none" for baselines
-    rate: Mapped[float] = mapped_column(Float)  # fraction in [0, 1); 0 for baselines
+    rate: Mapped[float] = mapped_column(Float)  # requested: fraction in [0, 1); 0 for baselines
+    seed: Mapped[int | None] = mapped_column(default=None)  # None in rows written before repeats
     status: Mapped[str] = mapped_column(String, default=PENDING)
     spec_json: Mapped[str] = mapped_column(Text)
 
-    accuracy: Mapped[float | None] = mapped_column(default=None)  # top-1, fraction
+    accuracy: Mapped[float | None] = mapped_column(default=None)  # top-1, fraction, after fine-tuning
+    accuracy_pruned: Mapped[float | None] = mapped_column(default=None)  # right after pruning, before it
+    # Filters removed / filters of the selected layers, as achieved (the rate is what was asked).
+    channel_sparsity: Mapped[float | None] = mapped_column(default=None)
+    pruned_channels_json: Mapped[str | None] = mapped_column(Text, default=None)
+    speedup_max_abs_diff: Mapped[float | None] = mapped_column(default=None)
+    grouping: Mapped[str | None] = mapped_column(default=None)
+    allocation: Mapped[str | None] = mapped_column(default=None)
     baseline_accuracy: Mapped[float | None] = mapped_column(default=None)
     accuracy_drop: Mapped[float | None] = mapped_column(default=None)  # baseline - accuracy
     params_before: Mapped[int | None] = mapped_column(default=None)
@@ -99,6 +110,7 @@ class TrialRow(Base):
     threads: Mapped[int | None] = mapped_column(default=None)
     allocator: Mapped[str | None] = mapped_column(default=None)  # of the worker's C heap (sweep_service.worker.heap)
     compute: Mapped[str | None] = mapped_column(default=None)  # the format it trained in, e.g. "fp32"
+    worker_versions_json: Mapped[str | None] = mapped_column(Text, default=None)  # the worker's libraries
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     artifact_path: Mapped[str | None] = mapped_column(String, default=None)
@@ -110,7 +122,7 @@ class TrialRow(Base):
 RESULT_FIELDS = tuple(
     c.name
     for c in TrialRow.__table__.columns
-    if c.name not in {"id", "sweep_id", "key", "kind", "model", "pruner", "rate", "spec_json", "attempts"}
+    if c.name not in {"id", "sweep_id", "key", "kind", "model", "pruner", "rate", "seed", "spec_json", "attempts"}
 )
 
 
@@ -144,7 +156,7 @@ class ResultStore:
 
     # sweeps ---------------------------------------------------------------
     def begin_sweep(self, *, sweep_id: str, name: str, config_json: str, dataset: str,
-                    weights: str, versions: dict[str, str]) -> None:
+                    weights: str, versions: dict[str, str], provenance: dict[str, Any] | None = None) -> None:
         with Session(self.engine) as s, s.begin():
             row = s.get(SweepRow, sweep_id)
             if row is None:
@@ -152,6 +164,7 @@ class ResultStore:
                 s.add(row)
             row.config_json = config_json
             row.versions_json = json.dumps(versions, sort_keys=True)
+            row.provenance_json = json.dumps(provenance or {}, sort_keys=True)
             row.status = RUNNING
             row.started_at = utcnow()
             row.finished_at = None
@@ -195,12 +208,17 @@ class ResultStore:
     # trials ---------------------------------------------------------------
     def add_trials(self, sweep_id: str, specs: Iterable[Any]) -> int:
         """Insert a pending row for each spec not yet recorded; returns how many were new."""
+        specs = list(specs)
         with Session(self.engine) as s, s.begin():
             known = set(s.scalars(select(TrialRow.key).where(TrialRow.sweep_id == sweep_id)))
             new = [spec for spec in specs if spec.key not in known]
+            # Rows written before the seed had a column of its own get it from their spec.
+            seeds = {spec.key: spec.seed for spec in specs}
+            for row in s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id, TrialRow.seed.is_(None))):
+                row.seed = seeds.get(row.key, row.seed)
             for spec in new:
                 s.add(TrialRow(sweep_id=sweep_id, key=spec.key, kind=spec.kind, model=spec.model,
-                               pruner=spec.pruner, rate=spec.rate, status=PENDING,
+                               pruner=spec.pruner, rate=spec.rate, seed=spec.seed, status=PENDING,
                                spec_json=spec.to_json()))
             return len(new)
 
@@ -233,16 +251,19 @@ class ResultStore:
             row.finished_at = utcnow()
 
     def link_baselines(self, sweep_id: str) -> None:
-        """Give each pruned trial its model's baseline accuracy and its accuracy drop."""
+        """Give each pruned trial its own baseline's accuracy (of its model and seed) and its
+        accuracy drop."""
         with Session(self.engine) as s, s.begin():
+            # A sweep has one baseline per (model, seed); rows from before repeats have no seed
+            # and one baseline per model.
             baselines = {
-                row.model: row.accuracy
+                (row.model, row.seed): row.accuracy
                 for row in s.scalars(select(TrialRow).where(
                     TrialRow.sweep_id == sweep_id, TrialRow.kind == BASELINE, TrialRow.status == COMPLETED))
             }
             for row in s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id,
                                                         TrialRow.kind == PRUNED)):
-                row.baseline_accuracy = baselines.get(row.model)
+                row.baseline_accuracy = baselines.get((row.model, row.seed))
                 row.accuracy_drop = (None if row.accuracy is None or row.baseline_accuracy is None
                                      else row.baseline_accuracy - row.accuracy)
 
@@ -253,7 +274,7 @@ class ResultStore:
                 query = query.where(TrialRow.status == status)
             if kind:
                 query = query.where(TrialRow.kind == kind)
-            query = query.order_by(TrialRow.model, TrialRow.pruner, TrialRow.rate)
+            query = query.order_by(TrialRow.model, TrialRow.pruner, TrialRow.rate, TrialRow.seed)
             return [_as_dict(r) for r in s.scalars(query)]
 
     def counts(self, sweep_id: str) -> dict[str, int]:

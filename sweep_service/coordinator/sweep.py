@@ -10,6 +10,7 @@ whose worker died is retried (`max_retries`).
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from sweep_service.coordinator.scheduler import PROBE, FormatProbe, Scheduler, T
 from sweep_service.coordinator.store import ResultStore
 from sweep_service.files import write_atomic
 from sweep_service.plugins import plugins_dir
-from sweep_service.provenance import library_versions
+from sweep_service.provenance import describe_commit, folder_digest, library_versions, source_commit
 from sweep_service.quiet import silence_libraries
 from sweep_service.spec import BASELINE, COMPLETED, FAILED, TrialSpec
 from sweep_service.worker import data as datasets
@@ -62,10 +63,11 @@ class SweepSummary:
         return self.counts.get("pending", 0) == 0 and self.counts.get("running", 0) == 0
 
 
-def prepare_inputs(config: SweepConfig) -> None:
-    """Fail before Ray starts if the data set or the pretrained weights cannot be had."""
+def prepare_inputs(config: SweepConfig) -> Path:
+    """Fail before Ray starts if the data set or the pretrained weights cannot be had;
+    returns the folder of the data set's files."""
     try:
-        datasets.prepare(config.dataset, config.data_root)
+        root = datasets.prepare(config.dataset, config.data_root)
     except datasets.DatasetUnavailableError as exc:
         raise SweepAborted(str(exc)) from None
     if config.weights == "imagenet":
@@ -74,6 +76,19 @@ def prepare_inputs(config: SweepConfig) -> None:
                 fetch_imagenet_weights(model, config.weights_dir)
             except WeightsUnavailableError as exc:
                 raise SweepAborted(str(exc)) from None
+    return root / datasets.CIFAR_DIR
+
+
+def sweep_provenance(data_folder: Path, earlier: dict[str, Any]) -> dict[str, Any]:
+    """This run's git commit and data set hash, with those of the sweep's earlier runs
+    where they differ (a resumed sweep whose code or data changed says so)."""
+    data = folder_digest(data_folder)
+    found: dict[str, Any] = {**source_commit(), "data_sha256": data["sha256"], "data_files": data["files"],
+                             "data_bytes": data["bytes"]}
+    for now, history in (("data_sha256", "earlier_data_sha256"), ("git_commit", "earlier_git_commits")):
+        seen = [x for x in [*earlier.get(history, []), earlier.get(now)] if x and x != found[now]]
+        found[history] = list(dict.fromkeys(seen))
+    return found
 
 
 class Dispatcher:
@@ -87,6 +102,7 @@ class Dispatcher:
         self.sweep_id = sweep_id
         self.scheduler = scheduler
         self.bar = bar
+        self.several_seeds = len(config.run_seeds) > 1
         resources = dict(num_cpus=config.resources.cpus, num_gpus=config.resources.gpus, max_retries=0)
         self.trial_task = ray.remote(run_on_worker).options(**resources, retry_exceptions=False)
         self.probe_task = ray.remote(measure_formats).options(**resources)
@@ -144,7 +160,7 @@ class Dispatcher:
             output = self.ray.get(ref)
         except Exception as exc:  # the worker died: a trial's own errors come back as results
             if self.scheduler.lost(task):
-                self.bar.write(f"retry  {task.label:<28} its worker was lost ({type(exc).__name__})")
+                self.bar.write(f"retry  {self._label(task):<28} its worker was lost ({type(exc).__name__})")
                 return
             output = None
             lost = f"worker lost: {type(exc).__name__}: {exc}"
@@ -184,10 +200,13 @@ class Dispatcher:
         self._log(spec, result)
 
     def _save(self, spec: TrialSpec, artifact: bytes) -> Path:
-        stem = f"{spec.model}-baseline" if spec.kind == BASELINE else f"{spec.model}-{spec.pruner}-{spec.rate:.2f}"
-        path = self.models_dir / f"{stem}-{spec.key}.pt"
+        stem = f"{spec.model}-baseline" if spec.kind == BASELINE else f"{spec.model}-{spec.pruner}-{spec.rate:g}"
+        path = self.models_dir / f"{stem}-seed{spec.seed}-{spec.key}.pt"
         write_atomic(path, artifact)
         return path
+
+    def _label(self, task: Task) -> str:
+        return f"{task.label} seed {task.seed}" if self.several_seeds and task.kind != PROBE else task.label
 
     def _log(self, spec: TrialSpec, result: dict[str, Any]) -> None:
         self.bar.update(1)
@@ -196,13 +215,13 @@ class Dispatcher:
         eta = (time.time() - self.started) / max(done, 1) * (total - done)
         progress = f"[{done}/{total}, ETA {eta / 60:.0f} min]" if done < total else f"[{done}/{total}]"
         if result["status"] == COMPLETED:
-            line = (f"done   {spec.label:<28} acc {result['accuracy']:.1%}  "
+            line = (f"done   {self._label(spec):<28} acc {result['accuracy']:.1%}  "
                     f"params -{result['param_reduction']:.0%}  {result.get('time_total_s', 0):.0f}s "
                     f"on {result.get('worker_host')}")
         else:
             first_line = (result.get("error") or "").splitlines()[0] if result.get("error") else ""
-            line = f"FAILED {spec.label:<28} {first_line}"
-            self.failed.append(f"{spec.label}: {first_line}")
+            line = f"FAILED {self._label(spec):<28} {first_line}"
+            self.failed.append(f"{self._label(spec)}: {first_line}")
         self.bar.write(f"{progress:<20} {line}")
 
 
@@ -212,11 +231,21 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
     silence_libraries()
     specs = list(expand(config))
     sweep_id = config.sweep_id()
-    prepare_inputs(config)
+    data_folder = prepare_inputs(config)
 
     with ResultStore(config.database) as store:
+        try:
+            earlier = json.loads(store.sweep(sweep_id).get("provenance_json") or "{}")
+        except LookupError:
+            earlier = {}
+        provenance = sweep_provenance(data_folder, earlier)
+        if provenance["data_sha256"] != earlier.get("data_sha256", provenance["data_sha256"]):
+            print(f"warning: the data set's files in {data_folder} differ from those this sweep's earlier "
+                  "trials used (sha256 recorded in the report); its trials are no longer all comparable",
+                  file=sys.stderr)
         store.begin_sweep(sweep_id=sweep_id, name=config.name, config_json=config.to_json(),
-                          dataset=config.dataset, weights=config.weights, versions=library_versions())
+                          dataset=config.dataset, weights=config.weights, versions=library_versions(),
+                          provenance=provenance)
         store.add_trials(sweep_id, specs)
         store.reset_unfinished(sweep_id)
         rows = {row["key"]: row for row in store.trials(sweep_id)}
@@ -234,10 +263,12 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
         todo = len(scheduler.todo)
         skipped = len(specs) - todo
         report_dir = config.output_dir / "report"
+        seeds = len(config.run_seeds)
         print(f"sweep {sweep_id}: {len(specs)} trials ({len(config.models)} models x "
-              f"{len(config.pruners)} pruners x {len(config.rates)} rates + baselines), "
+              f"{len(config.pruners)} pruners x {len(config.rates)} rates"
+              + (f" x {seeds} seeds" if seeds > 1 else "") + " + baselines), "
               f"{skipped} already done, {todo} to run; data: {datasets.describe(config.dataset)}, "
-              f"weights: {config.weights}", flush=True)
+              f"weights: {config.weights}; code: {describe_commit(provenance)}", flush=True)
         if scheduler.finished:
             return _finish(store, sweep_id, 0, skipped, started, report_dir, [])
 
