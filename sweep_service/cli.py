@@ -14,7 +14,7 @@ from sweep_service.coordinator.config import ConfigError, parse_config, read_con
 
 def _run(args: argparse.Namespace) -> int:
     overrides = {"database": args.db, "output_dir": args.out, "data_root": args.data_root,
-                 "weights_dir": args.weights_dir}
+                 "weights_dir": args.weights_dir, "repeats": args.repeats}
     try:
         config = parse_config(read_config_file(args.config), source=str(args.config), overrides=overrides)
     except ConfigError as exc:
@@ -31,23 +31,34 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from sweep_service.coordinator.store import ResultStore
+    from sweep_service.report import fmt
+    from sweep_service.report.recommend import accuracy_text
+    from sweep_service.report.results import load_results
 
     try:
-        store = ResultStore.open_existing(args.db)
-        sweep = store.sweep(args.sweep)
+        results = load_results(args.db, args.sweep)
     except (FileNotFoundError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    counts = store.counts(sweep["sweep_id"])
+    sweep = results.sweep
+    several = len(results.seeds) > 1
     print(f"sweep {sweep['sweep_id']} ({sweep['status']}), data: {sweep['dataset']}, weights: {sweep['weights']}")
-    print("  " + ", ".join(f"{n} {status}" for status, n in counts.items()))
-    for row in store.trials(sweep["sweep_id"]):
-        accuracy = f"{row['accuracy']:.1%}" if row["accuracy"] is not None else "-"
-        reduction = f"{row['param_reduction']:.1%}" if row["param_reduction"] is not None else "-"
-        where = row["worker_host"] or ""
-        print(f"  {row['model']:<16} {row['pruner']:<10} {row['rate']:>4.0%}  {row['status']:<9} "
-              f"acc {accuracy:>6}  params -{reduction:>6}  {where}")
+    print("  " + ", ".join(f"{n} {status}" for status, n in results.counts.items()))
+    for row in results.trials:
+        seed = f"seed {row['seed']:<3} " if several else ""
+        print(f"  {row['model']:<16} {row['pruner']:<10} {fmt.rate(row['rate']):>7}  {seed}{row['status']:<9} "
+              f"acc {fmt.pct(row['accuracy']):>6}  params -{fmt.pct(row['param_reduction']):>6}  "
+              f"{row['worker_host'] or ''}")
+    if not results.completed:
+        return 0
+    if not results.spread_measured:
+        print("one seed per configuration: no spread measured (set `repeats: 3` in the config to measure it)")
+        return 0
+    print("configurations (mean ± half-width of the 95 % interval over their seeds):")
+    for row in results.summaries:
+        pruner = "baseline" if row["kind"] == "baseline" else row["pruner"]
+        print(f"  {row['model']:<16} {pruner:<10} {fmt.rate(row['rate']):>7}  {row['n']} seeds  "
+              f"acc {accuracy_text(row):>14}  params -{fmt.pct(row['param_reduction']):>6}")
     return 0
 
 
@@ -71,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="output folder for models and the report (overrides `output_dir`)")
     run.add_argument("--data-root", type=Path, help="data set folder (overrides `data_root`)")
     run.add_argument("--weights-dir", type=Path, help="pretrained weights cache (overrides `weights_dir`)")
+    run.add_argument("--repeats", type=int, metavar="N",
+                     help="run every configuration with N seeds: seed, seed+1, ... (overrides `repeats`; "
+                          "the sweep keeps its id, so a finished sweep gains the new seeds' trials)")
     run.set_defaults(func=_run)
 
     status = sub.add_parser("status", help="show a sweep's trials and their status")
