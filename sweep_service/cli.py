@@ -52,7 +52,8 @@ def _status(args: argparse.Namespace) -> int:
     if not results.completed:
         return 0
     if not results.spread_measured:
-        print("one seed per configuration: no spread measured (set `repeats: 3` in the config to measure it)")
+        print(results.no_spread_reason() + (" (set `repeats: 3` in the config to measure it)"
+                                            if len(results.seeds) < 2 else ""))
         return 0
     print("configurations (mean ± half-width of the 95 % interval over their seeds):")
     for row in results.summaries:

@@ -90,3 +90,21 @@ def test_folder_digest_covers_names_sizes_and_contents_in_sorted_order(tmp_path)
     (two / "b").write_bytes(b"bbb")
     (two / "b").rename(two / "B")
     assert folder_digest(two)["sha256"] != expected
+
+
+def test_a_resumed_sweep_keeps_the_data_hashes_and_commits_of_its_earlier_runs(tmp_path):
+    from sweep_service.coordinator.sweep import sweep_provenance
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "batch").write_bytes(b"1")
+    first = sweep_provenance(data, {})
+    assert first["data_files"] == 1 and first["earlier_data_sha256"] == [] and first["earlier_git_commits"] == []
+    assert sweep_provenance(data, first)["earlier_data_sha256"] == []  # resumed on the same data
+    (data / "batch").write_bytes(b"2")
+    second = sweep_provenance(data, {**first, "git_commit": "0ld"})
+    assert second["earlier_data_sha256"] == [first["data_sha256"]]
+    assert second["earlier_git_commits"] == ["0ld"]
+    (data / "batch").write_bytes(b"1")  # back to the first data: now the second's is the earlier one
+    third = sweep_provenance(data, second)
+    assert third["earlier_data_sha256"] == [second["data_sha256"]] and third["earlier_git_commits"] == ["0ld"]

@@ -208,3 +208,31 @@ def test_hundreds_of_rates_draw_in_seconds_with_thinned_ticks_and_exact_labels(t
     assert "99.99%" in html and ">100%<" not in html
     assert "resnet18 fpgm 99.99%" == charts.trial_label(next(t for t in results.trials if t["rate"] == 0.9999
                                                                  and t["pruner"] == "fpgm"))
+
+
+def test_a_sweep_with_seeds_to_come_does_not_claim_one_seed(tmp_path, capsys):
+    db = tmp_path / "partial.db"
+    seed_sweep(db, models=["resnet18"], pruners=["l1norm", "fpgm"], rates=[0.3, 0.6], seeds=(0, 1, 2), done=5,
+               status="running")
+    results = load_results(db)
+    assert not results.spread_measured
+    html = render_page(results, [], tmp_path)
+    assert "runs with 3 seeds (0, 1, 2), but none has two of them completed yet" in html
+    assert "ran once" not in html
+    assert main(["status", "--db", str(db)]) == 0
+    assert "3 seeds per configuration, none with two of them completed yet: no interval yet" in capsys.readouterr().out
+
+
+def test_a_sweep_resumed_on_other_data_or_code_says_so(tmp_path):
+    db = tmp_path / "resumed.db"
+    sweep_id = seed_sweep(db, models=["resnet18"], pruners=["l1norm"], rates=[0.5])
+    store = ResultStore(db)
+    sweep = store.sweep(sweep_id)
+    store.begin_sweep(sweep_id=sweep_id, name=sweep["name"], config_json=sweep["config_json"], dataset="synthetic",
+                      weights="imagenet", versions={},
+                      provenance={"git_commit": None, "git_note": "not a git checkout", "data_sha256": "cd" * 32,
+                                  "earlier_data_sha256": ["ab" * 32], "earlier_git_commits": ["0123abcd"]})
+    store.close()
+    html = render_page(load_results(db), [], tmp_path)
+    assert 'id="provenance-warning"' in html and "different data set files and different code" in html
+    assert "ab" * 32 in html and "0123abcd" in html and "not a git checkout" in html

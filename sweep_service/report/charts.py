@@ -173,7 +173,7 @@ def _spread_note(results: SweepResults, shown_as: str = "shaded band") -> str:
     """What a chart's points are: means over seeds with 95 % intervals, or single runs."""
     if results.spread_measured:
         return f"mean over {_seed_count(results)} seeds, {shown_as}: 95 % interval"
-    return "one seed per configuration: no spread measured"
+    return results.no_spread_reason()
 
 
 def _seed_count(results: SweepResults) -> str:
@@ -308,7 +308,7 @@ def model_chart(results: SweepResults, model: str) -> Figure:
     if base_accuracy is not None:
         top.axhline(base_accuracy.mean, color="black", linestyle="--", linewidth=1.2)
         if base_accuracy.measured:
-            top.axhspan(base_accuracy.low, base_accuracy.high, color="black", alpha=0.08, linewidth=0)
+            top.axhspan(base_accuracy.low, base_accuracy.high, color="black", alpha=0.08, linewidth=0, zorder=0)
         right = len(rates) - 0.5 if len(rates) <= MANY_RATES else max(rates) + 0.03
         top.text(right, base_accuracy.mean, f"baseline {fmt.pct_pm(base_accuracy.mean, base_accuracy.half_width)}",
                  ha="right", va="bottom", fontsize=10)
@@ -442,6 +442,8 @@ def tradeoff_chart(results: SweepResults, cost: str) -> Figure:
         # Plain numbers (matplotlib's default log labels are mathtext, slow to typeset).
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.6)))
+    else:  # an interval may reach below 0, which no cost can be
+        ax.set_xlim(left=max(ax.get_xlim()[0], 0.0))
     ax.set_xlabel(label)
     ax.set_ylabel("top-1 accuracy (%)")
     low, high = ax.get_ylim()  # an interval may reach past what an accuracy can be
@@ -534,7 +536,7 @@ def plan_charts(results: SweepResults) -> list[tuple[Chart, Callable[[], Figure]
     everything = _figures_of(results)
     dataset = results.dataset_label
     spread = ("Lines are means over the seeds, shaded bands their 95 % intervals." if results.spread_measured
-              else "One seed per configuration: no spread was measured, so no interval is drawn.")
+              else f"{results.no_spread_reason().capitalize()}.")
     plan: list[tuple[Chart, Callable[[], Figure]]] = [
         (Chart("accuracy_vs_rate.png", "rate", "Accuracy vs requested pruning rate",
                f"Top-1 accuracy on {dataset} after pruning and fine-tuning, a line per model and a "

@@ -149,6 +149,10 @@ def _pairwise(results: SweepResults) -> list[dict[str, Any]]:
 def _spread_text(results: SweepResults) -> str:
     """What the figures of configurations are: means with intervals, or single runs."""
     seeds = results.seeds
+    if not results.spread_measured and len(seeds) > 1:
+        return (f"Each configuration (model, pruner, rate) runs with {len(seeds)} seeds "
+                f"({', '.join(map(str, seeds))}), but none has two of them completed yet: its figures "
+                "have no interval yet.")
     if not results.spread_measured:
         one = f"seed {seeds[0]}" if len(seeds) == 1 else "one seed each"
         return (f"Each configuration (model, pruner, rate) ran once ({one}): no spread was measured, "

@@ -162,7 +162,7 @@ class Recommendation:
         if r.spread_measured:
             out.append(f"figures: mean ± half-width of the {CONFIDENCE:.0%} interval over each configuration's seeds")
         else:
-            out.append("one seed per configuration: no spread measured, so differences of about a point may be noise")
+            out.append(f"{r.no_spread_reason()}, so differences of about a point may be noise")
         chosen = self.chosen
         if chosen is None:
             out.append(f"NO completed {self.noun[:-1]} meets all the limits ({self.candidates} checked).")

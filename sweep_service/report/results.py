@@ -210,6 +210,13 @@ class SweepResults:
         """Whether some configuration has two seeds or more (else no interval anywhere)."""
         return any(len(c.trials) > 1 for c in self.configurations.values())
 
+    def no_spread_reason(self) -> str:
+        """Why no figure has an interval, when none has."""
+        if len(self.seeds) > 1:
+            return (f"{len(self.seeds)} seeds per configuration, none with two of them completed yet: "
+                    "no interval yet")
+        return "one seed per configuration: no spread measured"
+
     def baseline(self, model: str) -> Configuration | None:
         """The model's baseline configuration (its completed baselines, one per seed)."""
         return self.configurations.get((model, "none", 0.0))
