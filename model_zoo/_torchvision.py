@@ -2,7 +2,7 @@
 
 torchvision is imported when a model is built or its weights are needed, not when the
 models are registered: listing and checking model names (the coordinator's config check)
-then costs no torchvision import, which takes over a second here.
+then costs no torchvision import, which takes seconds.
 """
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ or constructor arguments (``nni_kwargs``), and ``needs_data = True`` if it takes
 evaluator and ``training_steps`` (the adapter builds them from the calibration batches).
 Then run ``python -m sweep_service plugins check NAME``.
 
-Exposed: ``TaylorPruner`` (below). ``L1NormPruner``, ``L2NormPruner`` and ``FPGMPruner``
-are in ``nni_norm.py``.
+Exposed: ``TaylorPruner`` (below). The criteria of ``L1NormPruner``, ``L2NormPruner`` and
+``FPGMPruner`` are computed in ``nni_norm.py`` (as scores, tested equal to NNI's masks).
 
 Tried with NNI 3.0 and not exposed, and why:
 - ``LevelPruner`` (unstructured, per weight): its masks fit and honour the rate, but no
@@ -22,7 +22,9 @@ Tried with NNI 3.0 and not exposed, and why:
   transformer fine-tuning) prune gradually during a long training run; the service
   prunes once and then fine-tunes, where they reduce to the one-shot pruner they wrap.
 - A global ranking across layers (config key ``global_group_id`` with L1NormPruner) can
-  empty a layer of resnet18, which speedup refuses (``EmptyLayerError``).
+  empty a layer of resnet18, which speedup refuses (``EmptyLayerError``). The service's
+  ``allocation: global`` ranks scoring plugins' channels across groups instead, keeping
+  at least one channel in each.
 """
 from sweep_service.nni_adapter import NNIPruner
 

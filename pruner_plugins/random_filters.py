@@ -1,16 +1,14 @@
 """The control that pruning criteria are judged against: remove random filters."""
 import torch
 
-from sweep_service.plugins import PrunerPlugin, filter_masks_from_scores
+from sweep_service.plugins import ScoringPlugin
 
 
-class RandomFilters(PrunerPlugin):
+class RandomFilters(ScoringPlugin):
     name = "random"
-    description = "Random baseline: removes a random rate of output filters in each layer (seeded by the trial's seed)"
+    description = "Random baseline: removes random output filters at the rate (seeded by the trial's seed)"
 
-    def masks(self, model, rate, layers, data):
-        # The trial seeds torch with the config's `seed`: the same seed gives the same masks.
+    def scores(self, model, layers, data):
+        # The trial seeds torch with the config's `seed`: the same seed gives the same scores.
         generator = torch.Generator().manual_seed(torch.initial_seed())
-        modules = dict(model.named_modules())
-        scores = {name: torch.rand(modules[name].weight.shape[0], generator=generator) for name in layers}
-        return filter_masks_from_scores(model, layers, scores, rate)
+        return {name: torch.rand(model.get_submodule(name).weight.shape[0], generator=generator) for name in layers}

@@ -1,20 +1,20 @@
 """Tutorial plugin: first-order Taylor importance of each filter's output.
 
 Molchanov et al. (ICLR 2017): removing a feature map changes the loss by about
-|activation x gradient|. Add that up per output filter over the calibration batches and
-remove the filters whose loss would change least.
+|activation x gradient|. Add that up per output filter over the calibration batches;
+the service removes the filters whose loss would change least.
 """
 from torch import nn
 
-from sweep_service.plugins import PrunerPlugin, filter_masks_from_scores
+from sweep_service.plugins import ScoringPlugin
 
 
-class TaylorActivation(PrunerPlugin):
+class TaylorActivation(ScoringPlugin):
     name = "taylor"
     description = "First-order Taylor: removes the filters of least |activation x gradient| on calibration data"
     needs_data = True
 
-    def masks(self, model, rate, layers, data):
+    def scores(self, model, layers, data):
         scores = {}
 
         def remember(name):
@@ -31,4 +31,4 @@ class TaylorActivation(PrunerPlugin):
             nn.functional.cross_entropy(model(inputs), labels).backward()
         for hook in hooks:
             hook.remove()
-        return filter_masks_from_scores(model, layers, scores, rate)
+        return scores

@@ -4,16 +4,20 @@ whether a new one works before a sweep spends hours on it.
 `check` runs the plugin the way a trial does (a copy of the model in eval mode, the
 layers the default layer selection picks, calibration batches if it asks for them), on
 small randomly initialised models, and reports one line per check:
-- runs: `masks()` returns without raising;
-- fit: masks only for the selected layers, shaped like the parameters, values 0/1;
-- rate: the masks remove the requested share of the selected layers' weights (within
-  the tolerance trials allow);
+- runs: `scores()` (a scoring plugin) or `masks()` returns without raising;
+- fit: scores for every selected layer, one per output filter, finite and non-negative;
+  or masks only for the selected layers, shaped like the parameters, values 0/1;
+- rate: the masks (a scoring plugin's: each layer at the rate) remove the requested share
+  of the selected layers' weights (within the tolerance trials allow);
 - structure: whole output filters are masked (speedup removes only those, and leaves
   any other masked weight as it is);
-- speedup: NNI's ModelSpeedup removes the masked channels, the pruned model still runs
-  and has fewer parameters.
-The validation is the one trials use (`sweep_service.pruning.check_masks`), so a plugin
-that passes here is not failed by a trial for its masks.
+- speedup: NNI's ModelSpeedup removes the masked channels of each layer's masks
+  (`grouping: layer`), the pruned model still runs and has fewer parameters;
+- grouped: what a trial does by default (`grouping: dependency`): one choice of channels
+  per group of coupled layers, removed by speedup, and the sped-up model computes what
+  the masked model computes.
+The validation is the one trials use (`sweep_service.worker.pruning.check_scores` and
+`check_masks`), so a plugin that passes here is not failed by a trial for its output.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from sweep_service.plugins import (
     Masks,
     PluginEntry,
     PluginError,
+    ScoringPlugin,
     load_plugins,
     plugins_dir,
 )
@@ -41,6 +46,7 @@ CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE = 2, 16
 NUM_CLASSES = 10
 
 PASS, FAIL, WARN, SKIP = "PASS", "FAIL", "WARN", "SKIP"
+CHECKS = ("runs", "fit", "rate", "structure", "speedup", "grouped")
 
 if TYPE_CHECKING:  # torch is imported by the checks, not to build the command line
     import torch
@@ -88,15 +94,17 @@ def list_handler(args: argparse.Namespace) -> int:
     except PluginError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rows = [("NAME", "DATA", "SOURCE", "DESCRIPTION")]
-    rows += [(e.name, "yes" if e.cls.needs_data else "-", _short_source(e.source), e.description)
+    rows = [("NAME", "DATA", "GIVES", "SOURCE", "DESCRIPTION")]
+    rows += [(e.name, "yes" if e.cls.needs_data else "-", "scores" if issubclass(e.cls, ScoringPlugin) else "masks",
+              _short_source(e.source), e.description)
              for e in sorted(plugins.values(), key=lambda e: e.name)]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
     folder = Path(args.plugins_dir).resolve() if args.plugins_dir else plugins_dir()
     print(f"\n{len(plugins)} pruners: *.py files in {_short_source(str(folder))}/ and entry points in "
-          f"the group {ENTRY_POINT_GROUP!r}. DATA: the plugin asks for calibration batches.")
+          f"the group {ENTRY_POINT_GROUP!r}. DATA: the plugin asks for calibration batches. GIVES: "
+          "scores per filter (any `allocation`) or masks (`allocation: uniform` only).")
     return 0
 
 
@@ -115,7 +123,7 @@ def _short_source(source: str) -> str:
 class CheckResult:
     model: str
     rate: float
-    check: str  # runs, fit, rate, structure, speedup
+    check: str  # one of CHECKS
     status: str  # PASS, FAIL, WARN (worth knowing, not a failure), SKIP (an earlier check failed)
     detail: str
 
@@ -185,7 +193,7 @@ def check_plugin(entry: PluginEntry, models: list[str], rates: list[float], *, i
     results: list[CheckResult] = []
     for model_name in models:
         torch.manual_seed(0)
-        model = create_model(model_name, num_classes=NUM_CLASSES, weights="none").eval()
+        model = _with_trained_statistics(create_model(model_name, num_classes=NUM_CLASSES, weights="none").eval())
         layers = select_layers(model, model_name, LayerSelection().model_dump())
         for rate in rates:
             for result in _check_one(entry, model, model_name, layers, rate, image_size):
@@ -198,37 +206,57 @@ def _check_one(entry: PluginEntry, model: nn.Module, model_name: str, layers: li
                image_size: int) -> Iterator[CheckResult]:
     import torch
 
+    from sweep_service.plugins import filter_masks_from_scores
     from sweep_service.worker.pruning import (
         RATE_TOLERANCE,
+        Choice,
         MaskError,
+        ScoreError,
         check_fit,
+        check_scores,
         masked_share,
     )
 
     def result(check: str, status: str, detail: str) -> CheckResult:
         return CheckResult(model_name, rate, check, status, detail)
 
-    torch.manual_seed(0)  # trials seed torch too; seeded plugins give the same masks each run
+    def skip_after(check: str, why: str) -> Iterator[CheckResult]:
+        for later in CHECKS[CHECKS.index(check) + 1:]:
+            yield result(later, SKIP, why)
+
+    scoring = issubclass(entry.cls, ScoringPlugin)
+    method = "scores()" if scoring else "masks()"
+    torch.manual_seed(0)  # trials seed torch too; seeded plugins give the same output each run
     data = _calibration_batches(image_size) if entry.cls.needs_data else None
     start = time.perf_counter()
     try:
-        masks = entry.create().masks(copy.deepcopy(model).eval(), rate, list(layers), data)
+        plugin, copied = entry.create(), copy.deepcopy(model).eval()
+        if scoring:
+            output = plugin.scores(copied, list(layers), data)
+        else:
+            output = plugin.masks(copied, rate, list(layers), data)
     except Exception as exc:
-        yield result("runs", FAIL, f"masks() raised {type(exc).__name__}: {_first_line(exc)}")
-        for check in ("fit", "rate", "structure", "speedup"):
-            yield result(check, SKIP, "no masks")
+        yield result("runs", FAIL, f"{method} raised {type(exc).__name__}: {_first_line(exc)}")
+        yield from skip_after("runs", f"no {'scores' if scoring else 'masks'}")
         return
-    yield result("runs", PASS, f"masks() returned in {time.perf_counter() - start:.1f} s")
+    yield result("runs", PASS, f"{method} returned in {time.perf_counter() - start:.1f} s")
 
     try:
-        check_fit(model, masks, layers)
-    except MaskError as exc:
+        if scoring:
+            check_scores(model, output, layers)
+            choice = Choice(scores={name: output[name].detach().float().flatten() for name in layers})
+            masks = filter_masks_from_scores(model, layers, choice.scores, rate)
+        else:
+            check_fit(model, output, layers)
+            choice, masks = Choice(masks=output), output
+    except (MaskError, ScoreError) as exc:
         yield result("fit", FAIL, str(exc))
-        for check in ("rate", "structure", "speedup"):
-            yield result(check, SKIP, "masks do not fit the model")
+        yield from skip_after("fit", f"{'scores' if scoring else 'masks'} do not fit the model")
         return
-    yield result("fit", PASS, f"{len(masks)} masks, all for selected layers ({len(layers)} selected); "
-                              "shapes match the parameters; values 0/1")
+    yield result("fit", PASS, f"scores for all {len(layers)} selected layers, one per output filter, finite and "
+                              "non-negative" if scoring else
+                 f"{len(masks)} masks, all for selected layers ({len(layers)} selected); shapes match the "
+                 "parameters; values 0/1")
     # The same test as a trial's (check_masks): speedup removes only whole filters.
     masked, removable = masked_share(model, masks, layers)
     ok = abs(removable - rate) <= RATE_TOLERANCE
@@ -244,6 +272,10 @@ def _check_one(entry: PluginEntry, model: nn.Module, model_name: str, layers: li
         yield result("structure", WARN, f"{1 - removable / masked:.0%} of the masked weights are in output filters "
                                         "that stay: speedup leaves those weights as they are")
     yield _check_speedup(model, masks, image_size, removable > 0, result)
+    if not ok:
+        yield result("grouped", SKIP, "the masks miss the rate, so a trial fails before grouping")
+        return
+    yield _check_grouped(model, layers, choice, rate, image_size, result)
 
 
 def _check_speedup(model: nn.Module, masks: Masks, image_size: int, removes_filters: bool,
@@ -257,7 +289,7 @@ def _check_speedup(model: nn.Module, masks: Masks, image_size: int, removes_filt
     before = count_params(pruned)
     start = time.perf_counter()
     try:
-        speedup(pruned, {k: dict(v) for k, v in masks.items()}, image_size)
+        speedup(pruned, masks, image_size)
         took = time.perf_counter() - start
         with torch.no_grad():
             output = pruned.eval()(torch.rand(2, 3, image_size, image_size))
@@ -272,7 +304,43 @@ def _check_speedup(model: nn.Module, masks: Masks, image_size: int, removes_filt
         return result("speedup", FAIL,
                       f"ModelSpeedup ran but removed nothing although whole filters are masked; {change}")
     note = "" if removes_filters else " (no whole filter masked: nothing to remove)"
-    return result("speedup", PASS, f"ModelSpeedup ran in {took:.1f} s, forward OK; {change}{note}")
+    return result("speedup", PASS, f"each layer's masks: ModelSpeedup ran in {took:.1f} s, forward OK; {change}{note}")
+
+
+def _check_grouped(model: nn.Module, layers: list[str], choice, rate: float, image_size: int,
+                   result: Callable[[str, str, str], CheckResult]) -> CheckResult:
+    from sweep_service.worker.groups import channel_groups
+    from sweep_service.worker.pruning import channel_sparsity, plan_pruning, prune_and_verify, pruned_channels
+
+    pruned = copy.deepcopy(model)
+    try:
+        groups = channel_groups(pruned, layers, image_size)
+        plan = plan_pruning(pruned, groups, choice, layers, rate, "dependency", "uniform")
+        filters = {name: pruned.get_submodule(name).weight.shape[0] for name in layers}
+        difference = prune_and_verify(pruned, groups, plan, image_size)
+    except Exception as exc:
+        return result("grouped", FAIL, f"{type(exc).__name__}: {_first_line(exc)}")
+    blocked = sum(not g.prunable for g in groups)
+    sparsity = channel_sparsity(pruned_channels(pruned, layers, filters))
+    return result("grouped", PASS, f"{len(groups) - blocked} channel groups pruned ({blocked} blocked); "
+                                   f"{sparsity:.1%} of the selected filters removed; sped-up = masked model "
+                                   f"(largest logit difference {difference:.1g})")
+
+
+def _with_trained_statistics(model: nn.Module) -> nn.Module:
+    """Give every batch norm random statistics and affine parameters, as training leaves
+    them: freshly initialised ones (mean 0, bias 0) output zero for a zeroed channel, so
+    a channel kept where it should go would not show in the grouped check."""
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.5)
+    return model
 
 
 def _calibration_batches(image_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

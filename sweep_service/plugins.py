@@ -1,10 +1,17 @@
 """The pruner plugin contract and its registry.
 
 A plugin is a subclass of `PrunerPlugin` with a `name`, a one-line `description`,
-`needs_data`, and one method, `masks()`, that returns NNI-style masks:
-``{module_name: {"weight": 0/1 tensor shaped like the weight, "bias": ... (optional)}}``.
-The service does the rest (validation, physical removal with NNI's ModelSpeedup,
-fine-tuning, evaluation, recording), so every plugin is measured the same way.
+`needs_data`, and one method that says which output filters to remove:
+- `ScoringPlugin.scores()` returns one score per output filter of each layer (higher =
+  more important). The service turns scores into a choice of channels per group of
+  coupled layers (sweep_service.worker.groups), at the rate, for each group alike or
+  ranked across groups (`allocation`);
+- `PrunerPlugin.masks()` returns NNI-style masks,
+  ``{module_name: {"weight": 0/1 tensor shaped like the weight, "bias": ... (optional)}}``;
+  the service forms each group's choice from its members' masks by vote.
+A scoring plugin's masks are derived (`filter_masks_from_scores`), so every plugin has
+`masks()`. The service does the rest (validation, physical removal with NNI's
+ModelSpeedup, fine-tuning, evaluation, recording), so every plugin is measured the same way.
 
 Plugins are found in two places, on every process that needs them (a Ray worker loads
 them itself rather than trusting an import side effect of the coordinator):
@@ -13,9 +20,7 @@ them itself rather than trusting an import side effect of the coordinator):
 - installed packages declaring an entry point in the group ``sweep_service.pruners``
   that points at a `PrunerPlugin` subclass.
 
-`filter_masks_from_scores` turns one score per output filter into filter-structured
-masks at a rate, so a new criterion only has to compute scores. The full contract, for
-plugin authors, is in ``pruner_plugins/README.md``.
+The full contract, for plugin authors, is in ``pruner_plugins/README.md``.
 """
 from __future__ import annotations
 
@@ -64,6 +69,20 @@ class PrunerPlugin(abc.ABC):
         modules are an error. `data` is a few (inputs, labels) training batches when
         `needs_data` is true, else None.
         """
+
+
+class ScoringPlugin(PrunerPlugin):
+    """A plugin that scores filters; the service chooses the channels from the scores."""
+
+    @abc.abstractmethod
+    def scores(self, model: nn.Module, layers: list[str], data: Batches | None) -> dict[str, torch.Tensor]:
+        """Return, for every layer of `layers`, one non-negative score per output filter
+        (`weight.shape[0]` of them); higher means more important. Arguments as for
+        `PrunerPlugin.masks`."""
+
+    def masks(self, model: nn.Module, rate: float, layers: list[str], data: Batches | None) -> Masks:
+        """Each layer at the rate, as NNI's filter pruners do (`grouping: layer`)."""
+        return filter_masks_from_scores(model, layers, self.scores(model, layers, data), rate)
 
 
 def filter_masks_from_scores(model: nn.Module, layers: list[str], scores: dict[str, torch.Tensor],

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Bumped when the meaning of identical identity fields changes, e.g. how a rate is applied.
-KEY_VERSION = 2
+# 3: channels are chosen per group of coupled layers (`grouping`, `allocation`).
+KEY_VERSION = 3
 
 # A trial's kind and the states it goes through, as the store records them.
 BASELINE, PRUNED = "baseline", "pruned"
@@ -72,6 +73,10 @@ class TrialSpec:
     # The config's `compute`: "auto" (the sweep measures each model's fastest format once)
     # or a fixed sweep_service.worker.compute choice.
     compute: str = identity(default="fp32")
+    # How the plugin's choice becomes what speedup removes (coordinator.config.SweepConfig).
+    # The defaults are what specs recorded before these fields existed did: per-layer masks.
+    grouping: str = identity(default="layer")
+    allocation: str = identity(default="uniform")
     data_root: str = setting(default="")
     weights_dir: str = setting(default="")
     cpus: float = setting(default=1.0)

@@ -1,6 +1,6 @@
 """Shared fixtures: a synthetic CIFAR-10-format data set made once per test session,
-small sweep configs pointing into tmp folders, and the smoke config run with three seeds
-on a fresh clone of the project."""
+small sweep configs pointing into tmp folders, zoo models as after training, and the
+smoke config run with three seeds on a fresh clone of the project."""
 from __future__ import annotations
 
 import os
@@ -88,3 +88,24 @@ def smoke_three_seeds(tmp_path_factory) -> dict:
                             check=True).stdout.strip()
     return dict(clone=clone, db=clone / "results" / "smoke.db", report=clone / "results" / "smoke" / "report",
                 stdout=result.stdout, seconds=seconds, commit=commit)
+
+
+def trained_like(name: str):
+    """A zoo model whose batch norms hold statistics and affine parameters away from their
+    initial values, as after training. Freshly initialised ones output zero for a zeroed
+    channel, so a channel kept where it should have gone would not show."""
+    import torch
+    from torch import nn
+
+    from model_zoo import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, weights="none").eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.5)
+    return model

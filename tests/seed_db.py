@@ -49,7 +49,7 @@ WORKER_VERSIONS = {"python": "3.11.7", "torch": "2.14.1+cu130", "torchvision": "
 def figures(model: str, pruner: str, rate: float, seed: int = 0, *, pruned_figures: bool = True) -> dict[str, Any]:
     """The result fields of one completed trial (rate 0 / pruner 'none' is the baseline).
     Without `pruned_figures`, as recorded before trials reported their accuracy before
-    fine-tuning, achieved sparsity, grouping, allocation and worker versions."""
+    fine-tuning, achieved sparsity and worker versions."""
     base_acc, params, macs, latency, drop80, linear = PROFILES[model]
     noise = random.Random(f"{model}/{pruner}/{rate}")
     seed_noise = random.Random(f"{model}/{pruner}/{rate}/{seed}").gauss(0, SEED_NOISE) if seed else 0.0
@@ -76,8 +76,7 @@ def figures(model: str, pruner: str, rate: float, seed: int = 0, *, pruned_figur
             before = 0.1 + (base_acc - 0.1) * (1 - rate) ** 2.5 + PRUNER_BONUS.get(pruner, 0.0) * 3 * rate
             extra.update(accuracy_pruned=round(min(max(before + seed_noise + own.uniform(-0.01, 0.01), 0.09),
                                                    0.999), 4),
-                         channel_sparsity=round(rate * (1.0 if linear else 0.9) + own.uniform(-0.01, 0.0), 4),
-                         grouping="dependency", allocation="uniform")
+                         channel_sparsity=round(rate * (1.0 if linear else 0.9) + own.uniform(-0.01, 0.0), 4))
     return dict(
         **extra,
         status=COMPLETED,

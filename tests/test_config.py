@@ -41,6 +41,13 @@ def test_valid_config_resolves_paths_and_rate_ranges(tiny_config):
         ({"seeds": [1, 2, 1]}, ["seeds", "repeat a value"]),
         ({"seeds": []}, ["seeds", "at least 1 item"]),
         ({"repeats": 0}, ["repeats", "greater than 0"]),
+        ({"grouping": "global"}, ["grouping", "'dependency' or 'layer'"]),
+        ({"allocation": "greedy"}, ["allocation", "'uniform' or 'global'"]),
+        ({"allocation": "global", "pruners": ["l1norm", "nni-taylor", "random"]},
+         ["allocation: allocation: global ranks filter scores across groups, but pruner(s) nni-taylor return "
+          "only masks; use allocation: uniform or pruners that return scores"]),
+        ({"allocation": "global", "grouping": "layer"},
+         ["allocation: allocation: global ranks channel groups, but grouping: layer prunes each layer at the rate"]),
     ],
 )
 def test_bad_field_names_the_field_and_allowed_values(tiny_config, changes, expected):
@@ -99,6 +106,7 @@ def test_overrides_win_and_are_validated(tiny_config, tmp_path):
     ({"finetune_epochs": -1}, "finetune_epochs"),
     ({"compute": "int8"}, "unknown compute 'int8'; choose auto or one of fp32"),
     ({"compute": "fp16"}, "compute fp16 runs only on GPUs but resources.gpus is 0"),
+    ({"allocation": "global", "pruners": ["nni-taylor"]}, "pruner(s) nni-taylor return only masks"),
 ])
 def test_cli_rejects_bad_config_before_anything_is_recorded_or_run(tiny_config, changes, expected):
     path, config = tiny_config(**changes)

@@ -53,6 +53,20 @@ def test_each_seed_has_its_own_baseline_and_widening_the_seeds_keeps_the_sweep(t
     assert len({s.key for s in three}) == len(three)
 
 
+def test_grouping_and_allocation_are_part_of_a_trials_identity(tiny_config):
+    path, _ = tiny_config()
+    base = list(expand(load_config(path)))
+    assert {(s.grouping, s.allocation) for s in base} == {("dependency", "uniform")}  # the defaults
+    for change in ({"grouping": "layer"}, {"allocation": "global"}):
+        changed, _ = tiny_config(**change)
+        assert {s.key for s in expand(load_config(changed))}.isdisjoint(s.key for s in base), change
+    # a spec recorded before these fields existed pruned each layer on its own
+    recorded = json.loads(base[1].to_json())
+    del recorded["grouping"], recorded["allocation"]
+    old = TrialSpec.from_json(json.dumps(recorded))
+    assert (old.grouping, old.allocation) == ("layer", "uniform")
+
+
 def test_spec_round_trips_through_json(tiny_config):
     path, _ = tiny_config()
     spec = list(expand(load_config(path)))[1]
@@ -78,13 +92,14 @@ def test_every_field_is_declared_part_of_the_identity_or_not():
 
 
 # Keys of the smoke config's trials, pinned: a change here changes which recorded trials a
-# re-run finds. Change them only with KEY_VERSION, on purpose.
+# re-run finds. Change them only with KEY_VERSION, on purpose (3: `grouping` and
+# `allocation` joined the identity, and channels are chosen per group by default).
 PINNED = {
-    ("baseline", "resnet18", "none", 0.0): "e9b9b3c6b1640f35",
-    ("pruned", "resnet18", "l1norm", 0.3): "2280dda2825d8902",
-    ("pruned", "mobilenet_v2", "fpgm", 0.6): "255ba3771a219b26",
+    ("baseline", "resnet18", "none", 0.0): "cc25e75c9d893048",
+    ("pruned", "resnet18", "l1norm", 0.3): "c40609dc4e842620",
+    ("pruned", "mobilenet_v2", "fpgm", 0.6): "f7e6d4ccbd1a57bd",
 }
-PINNED_SWEEP_ID = "smoke-637d48f3"
+PINNED_SWEEP_ID = "smoke-7c247886"
 
 
 def test_known_keys_are_pinned():

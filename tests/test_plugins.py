@@ -24,7 +24,7 @@ from sweep_service.coordinator.config import (
     parse_config,
 )
 from sweep_service.coordinator.grid import expand
-from sweep_service.plugin_cli import FAIL, PASS, WARN, check_plugin
+from sweep_service.plugin_cli import CHECKS, FAIL, PASS, WARN, check_plugin
 from sweep_service.plugins import (
     DEFAULT_PLUGINS_DIR,
     PluginError,
@@ -86,10 +86,14 @@ def test_random_baseline_is_seeded_by_the_trial_seed():
 @pytest.mark.parametrize("name", ["nni-taylor", "random"])
 def test_builtin_plugin_passes_check(name):
     results = check_plugin(load_plugins()[name], ["resnet18"], [0.5])
-    assert [r.check for r in results] == ["runs", "fit", "rate", "structure", "speedup"]
-    assert [r.status for r in results] == [PASS] * 5, [r.line() for r in results]
+    assert [r.check for r in results] == ["runs", "fit", "rate", "structure", "speedup", "grouped"]
+    assert [r.status for r in results] == [PASS] * 6, [r.line() for r in results]
     assert "filter-structured" in results[3].detail
     assert re.search(r"params 11\.18M -> \d+\.\d+M \(-[3-6]\d\.\d%\)", results[4].detail), results[4].detail
+    # by group, resnet18's first stage is blocked by the stem; the others lose half their channels
+    grouped = results[5].detail
+    assert re.search(r"^11 channel groups pruned \(1 blocked\); 4[5-9]\.\d% of the selected filters removed; "
+                     r"sped-up = masked model \(largest logit difference \de-0\d\)$", grouped), grouped
 
 
 # the README tutorial, step by step --------------------------------------------------------
@@ -106,8 +110,10 @@ def test_tutorial_step_list_shows_the_plugin_beside_the_built_ins():
     rows = {line.split()[0]: line for line in proc.stdout.splitlines()[1:] if line.strip()}
     assert BUILT_INS <= set(rows), proc.stdout
     tutorial = rows[TUTORIAL_PLUGIN]
-    assert re.search(r"taylor\s+yes\s+pruner_plugins/taylor\.py\s+First-order Taylor", tutorial), tutorial
-    assert re.search(r"l1norm\s+-\s+pruner_plugins/nni_norm\.py\s+NNI L1NormPruner", rows["l1norm"])
+    assert re.search(r"taylor\s+yes\s+scores\s+pruner_plugins/taylor\.py\s+First-order Taylor", tutorial), tutorial
+    assert re.search(r"l1norm\s+-\s+scores\s+pruner_plugins/nni_norm\.py\s+The criterion of NNI's L1NormPruner",
+                     rows["l1norm"])
+    assert re.search(r"nni-taylor\s+yes\s+masks\s+pruner_plugins/nni_extra\.py\s+NNI TaylorPruner", rows["nni-taylor"])
     assert "entry points in the group 'sweep_service.pruners'" in proc.stdout
 
 
@@ -115,14 +121,16 @@ def test_tutorial_step_check_passes_on_resnet18_and_mobilenet_v2():
     proc = run_cli("plugins", "check", TUTORIAL_PLUGIN)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line[:4] in (PASS, FAIL, WARN, "SKIP")]
-    # 2 models x 2 rates x 5 checks, one line each, all passing
-    assert len(lines) == 20 and all(line.startswith(PASS) for line in lines), proc.stdout
+    # 2 models x 2 rates x 6 checks, one line each, all passing
+    assert len(lines) == 24 and all(line.startswith(PASS) for line in lines), proc.stdout
     for model in ("resnet18", "mobilenet_v2"):
-        for check in ("runs", "fit", "rate", "structure", "speedup"):
+        for check in CHECKS:
             assert re.search(rf"PASS  {model}\s+(30|70)%  {check}\s", proc.stdout), (model, check)
     assert re.search(r"masks remove 69\.\d% of the selected layers' weights in whole filters, requested 70%",
                      proc.stdout)
-    assert "taylor: all 20 checks passed" in proc.stdout
+    assert "taylor: all 24 checks passed" in proc.stdout
+    assert re.search(r"PASS  mobilenet_v2\s+70%  grouped    24 channel groups pruned \(0 blocked\); 70\.0% of",
+                     proc.stdout)
     assert "Update indirect mask" not in proc.stdout + proc.stderr  # NNI's per-node log stays quiet
 
 
@@ -146,7 +154,10 @@ def test_tutorial_step_sweep_records_the_plugin_beside_l1norm(tmp_path, data_roo
     assert set(by_pruner) == {TUTORIAL_PLUGIN, "l1norm"}
     for pruner, row in by_pruner.items():
         assert row["status"] == COMPLETED, (pruner, row["error"])
-        assert row["accuracy"] is not None and 0.3 < row["param_reduction"] < 0.7, row
+        # half the filters of each group (the first stage is blocked): in and out channels
+        # both shrink, so about three quarters of the parameters go
+        assert row["accuracy"] is not None and 0.45 < row["channel_sparsity"] <= 0.5, row
+        assert 0.6 < row["param_reduction"] < 0.8 and row["grouping"] == "dependency", row
     report = tmp_path / "out" / "report"
     page = (report / "index.html").read_text()
     assert TUTORIAL_PLUGIN in page and "l1norm" in page
@@ -166,7 +177,7 @@ def test_tutorial_plugin_completes_a_trial(tmp_path, data_root):
     spec = next(s for s in expand(config) if s.kind == PRUNED)
     result = run_trial(spec).result
     assert result["status"] == COMPLETED, result.get("error")
-    assert 0.3 < result["param_reduction"] < 0.7
+    assert 0.45 < result["channel_sparsity"] <= 0.5 and 0.6 < result["param_reduction"] < 0.8
 
 
 # failures: each recorded with its reason, the sweep goes on --------------------------------
@@ -174,7 +185,8 @@ def test_tutorial_plugin_completes_a_trial(tmp_path, data_root):
 def bad_plugin_specs(monkeypatch, tmp_path, data_root):
     monkeypatch.setenv("SWEEP_PLUGINS_DIR", str(BAD_PLUGINS))  # the config validator's folder
     config = parse_config(dict(
-        name="bad-plugins", models=["resnet18"], pruners=["raises", "wrong-shape", "ignores-rate", "unstructured"],
+        name="bad-plugins", models=["resnet18"],
+        pruners=["raises", "wrong-shape", "ignores-rate", "unstructured", "wrong-scores"],
         rates=[0.5], dataset="synthetic", data_root=str(data_root), weights="none",
         prune_from="pretrained", train_subset=64, test_subset=64,
         database=str(tmp_path / "r.db"), output_dir=str(tmp_path / "out")))
@@ -188,6 +200,7 @@ def bad_plugin_specs(monkeypatch, tmp_path, data_root):
     ("ignores-rate", r"^prune failed: MaskError: masks remove 0\.\d% of the selected layers' weights but "
                      r"the rate is 50% .*does not honour the rate"),
     ("unstructured", r"^prune failed: MaskError: no whole output filter is masked"),
+    ("wrong-scores", r"^prune failed: ScoreError: scores for layer1\.0\.conv1: 32 values for 64 output filters"),
 ])
 def test_a_broken_plugin_fails_its_trial_with_the_reason(bad_plugin_specs, pruner, reason):
     from sweep_service.worker.trial import run_trial
@@ -198,12 +211,13 @@ def test_a_broken_plugin_fails_its_trial_with_the_reason(bad_plugin_specs, prune
 
 
 @pytest.mark.parametrize("pruner, failing, reason, summary", [
-    ("raises", "runs", "masks() raised RuntimeError: importance scores diverged", "1 of 5 checks FAILED (runs)"),
-    ("wrong-shape", "fit", "has shape (64,), the parameter has (64, 64, 3, 3)", "1 of 5 checks FAILED (fit)"),
-    ("ignores-rate", "rate", "requested 50%", "1 of 5 checks FAILED (rate)"),
+    ("raises", "runs", "masks() raised RuntimeError: importance scores diverged", "1 of 6 checks FAILED (runs)"),
+    ("wrong-shape", "fit", "has shape (64,), the parameter has (64, 64, 3, 3)", "1 of 6 checks FAILED (fit)"),
+    ("wrong-scores", "fit", "scores for layer1.0.conv1: 32 values for 64 output filters", "1 of 6 checks FAILED (fit)"),
+    ("ignores-rate", "rate", "requested 50%", "1 of 6 checks FAILED (rate)"),
     # unstructured masks remove no whole filter, so they miss the rate as well
     ("unstructured", "structure", "a trial would measure the unpruned model",
-     "2 of 5 checks FAILED (rate, structure)"),
+     "2 of 6 checks FAILED (rate, structure)"),
 ])
 def test_check_reports_the_failing_check(capsys, pruner, failing, reason, summary):
     code = main(["plugins", "check", pruner, "--plugins-dir", str(BAD_PLUGINS), "--models", "resnet18",
@@ -288,7 +302,7 @@ def test_installed_package_is_found_through_the_entry_point_group(tmp_path, monk
     # the rest in this process (entry points are read from sys.path at each load)
     monkeypatch.syspath_prepend(str(site))
     results = check_plugin(load_plugins()["linf-norm"], ["resnet18"], [0.5])
-    assert [r.status for r in results] == [PASS] * 5, [r.line() for r in results]
+    assert [r.status for r in results] == [PASS] * 6, [r.line() for r in results]
 
     # the same name in the plugins folder is an error naming the file and the entry point
     clash = tmp_path / "plugins"

@@ -108,7 +108,10 @@ def test_report_shows_intervals_pairwise_comparisons_and_provenance(smoke_three_
     assert "+" in versions["torch"] and versions["torch"] in html  # torch's full build string
     assert "worker-warning" not in html  # one machine: the workers agree
     charts = {p.name for p in smoke_three_seeds["report"].glob("*.png")}
-    assert {"accuracy_vs_rate.png", "model_resnet18.png", "model_mobilenet_v2.png"} <= charts
+    assert {"accuracy_vs_rate.png", "accuracy_pruned_vs_rate.png", "accuracy_vs_sparsity.png",
+            "model_resnet18.png", "model_mobilenet_v2.png"} <= charts
+    # What grouping and allocation the trials recorded is in the sweep's details.
+    assert "<dt>grouping</dt><dd>dependency</dd>" in html and "<dt>allocation</dt><dd>uniform</dd>" in html
 
 
 def test_recommend_status_and_export_give_mean_and_interval(smoke_three_seeds):

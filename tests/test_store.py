@@ -24,7 +24,12 @@ def test_trials_table_schema_and_idempotent_insert(tiny_config, tmp_path):
     columns = {row[1] for row in sqlite3.connect(tmp_path / "r.db").execute("PRAGMA table_info(trials)")}
     assert {"sweep_id", "model", "pruner", "rate", "status", "accuracy", "params_before",
             "params_after", "param_reduction", "macs_before", "macs_after", "model_size_bytes",
-            "latency_ms", "worker_host", "error", "time_finetune_s"} <= columns
+            "latency_ms", "worker_host", "error", "time_finetune_s", "grouping", "allocation", "accuracy_pruned",
+            "channel_sparsity", "pruned_channels_json", "speedup_max_abs_diff", "time_group_s"} <= columns
+    # how a pruned trial's channels are chosen is on its row from the start; a baseline prunes nothing
+    rows = store.trials(config.sweep_id())
+    assert {(r["kind"], r["grouping"], r["allocation"]) for r in rows} == {("baseline", None, None),
+                                                                          ("pruned", "dependency", "uniform")}
     assert store.counts(config.sweep_id()) == {"pending": len(specs), "running": 0, "completed": 0, "failed": 0}
 
 

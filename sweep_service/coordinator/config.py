@@ -19,6 +19,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -105,6 +106,15 @@ class SweepConfig(_Strict):
     test_subset: PositiveInt | None = None
     calibration_batches: PositiveInt = 4
     layers: LayerSelection = LayerSelection()
+    # How a plugin's choice becomes what speedup removes (docs/pruning.md). dependency: layers
+    # whose channels are coupled (residual additions, depthwise convs...) are pruned as one
+    # group with one choice of channels. layer: each layer's own masks, as NNI's pruners give
+    # them; speedup then keeps every channel that one layer of a coupled set keeps (the
+    # reference study's behaviour).
+    grouping: Literal["dependency", "layer"] = "dependency"
+    # uniform: each group loses the rate of its channels. global: channels are ranked across
+    # groups by their plugin's scores, so some groups lose more than others.
+    allocation: Literal["uniform", "global"] = "uniform"
     prune_from: Literal["baseline", "pretrained"] = "baseline"
     resources: Resources = Resources()
     # Number format and memory layout of training (see sweep_service.worker.compute): fixed,
@@ -160,6 +170,24 @@ class SweepConfig(_Strict):
         if len(set(pruners)) != len(pruners):
             raise ValueError(f"pruners repeat a name: {pruners}")
         return pruners
+
+    @field_validator("allocation")
+    @classmethod
+    def _global_needs_scores(cls, allocation: str, info: ValidationInfo) -> str:
+        if allocation != "global":
+            return allocation
+        if info.data.get("grouping") == "layer":
+            raise ValueError("allocation: global ranks channel groups, but grouping: layer prunes each layer "
+                             "at the rate; use grouping: dependency or allocation: uniform")
+        from sweep_service.plugins import ScoringPlugin, load_plugins
+
+        plugins = load_plugins()
+        masks_only = [p for p in info.data.get("pruners") or [] if not issubclass(plugins[p].cls, ScoringPlugin)]
+        if masks_only:
+            raise ValueError(f"allocation: global ranks filter scores across groups, but pruner(s) "
+                             f"{', '.join(masks_only)} return only masks; use allocation: uniform or pruners "
+                             "that return scores (GIVES in `python -m sweep_service plugins list`)")
+        return allocation
 
     @field_validator("compute")
     @classmethod

@@ -30,6 +30,8 @@ def _common(config: SweepConfig) -> dict[str, Any]:
         test_subset=config.test_subset,
         calibration_batches=config.calibration_batches,
         layers=config.layers.model_dump(),
+        grouping=config.grouping,
+        allocation=config.allocation,
         prune_from=config.prune_from,
         compute=config.compute,
         data_root=str(config.data_root),

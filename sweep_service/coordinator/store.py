@@ -72,15 +72,12 @@ class TrialRow(Base):
     seed: Mapped[int | None] = mapped_column(default=None)  # None in rows written before repeats
     status: Mapped[str] = mapped_column(String, default=PENDING)
     spec_json: Mapped[str] = mapped_column(Text)
+    # Pruned trials: how the plugin's choice became what speedup removed (docs/pruning.md).
+    grouping: Mapped[str | None] = mapped_column(String, default=None)  # "dependency" or "layer"
+    allocation: Mapped[str | None] = mapped_column(String, default=None)  # "uniform" or "global"
 
     accuracy: Mapped[float | None] = mapped_column(default=None)  # top-1, fraction, after fine-tuning
-    accuracy_pruned: Mapped[float | None] = mapped_column(default=None)  # right after pruning, before it
-    # Filters removed / filters of the selected layers, as achieved (the rate is what was asked).
-    channel_sparsity: Mapped[float | None] = mapped_column(default=None)
-    pruned_channels_json: Mapped[str | None] = mapped_column(Text, default=None)
-    speedup_max_abs_diff: Mapped[float | None] = mapped_column(default=None)
-    grouping: Mapped[str | None] = mapped_column(default=None)
-    allocation: Mapped[str | None] = mapped_column(default=None)
+    accuracy_pruned: Mapped[float | None] = mapped_column(default=None)  # right after speedup, before fine-tuning
     baseline_accuracy: Mapped[float | None] = mapped_column(default=None)
     accuracy_drop: Mapped[float | None] = mapped_column(default=None)  # baseline - accuracy
     params_before: Mapped[int | None] = mapped_column(default=None)
@@ -91,9 +88,15 @@ class TrialRow(Base):
     mac_reduction: Mapped[float | None] = mapped_column(default=None)
     model_size_bytes: Mapped[int | None] = mapped_column(default=None)
     latency_ms: Mapped[float | None] = mapped_column(default=None)  # batch 1, CPU, median
+    # Output filters removed / output filters of the selected layers, counted on the sped-up model.
+    channel_sparsity: Mapped[float | None] = mapped_column(default=None)
+    pruned_channels_json: Mapped[str | None] = mapped_column(Text, default=None)  # {layer: [kept, total]}
+    # Largest |logit| difference between the sped-up and the masked model on a fixed batch.
+    speedup_max_abs_diff: Mapped[float | None] = mapped_column(default=None)
 
     time_startup_s: Mapped[float | None] = mapped_column(default=None)
     time_build_s: Mapped[float | None] = mapped_column(default=None)
+    time_group_s: Mapped[float | None] = mapped_column(default=None)  # finding the channel groups
     time_prune_s: Mapped[float | None] = mapped_column(default=None)
     time_speedup_s: Mapped[float | None] = mapped_column(default=None)
     time_data_s: Mapped[float | None] = mapped_column(default=None)
@@ -122,7 +125,8 @@ class TrialRow(Base):
 RESULT_FIELDS = tuple(
     c.name
     for c in TrialRow.__table__.columns
-    if c.name not in {"id", "sweep_id", "key", "kind", "model", "pruner", "rate", "seed", "spec_json", "attempts"}
+    if c.name not in {"id", "sweep_id", "key", "kind", "model", "pruner", "rate", "seed", "spec_json", "grouping",
+                      "allocation", "attempts"}
 )
 
 
@@ -217,9 +221,11 @@ class ResultStore:
             for row in s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id, TrialRow.seed.is_(None))):
                 row.seed = seeds.get(row.key, row.seed)
             for spec in new:
+                pruned = spec.kind == PRUNED
                 s.add(TrialRow(sweep_id=sweep_id, key=spec.key, kind=spec.kind, model=spec.model,
                                pruner=spec.pruner, rate=spec.rate, seed=spec.seed, status=PENDING,
-                               spec_json=spec.to_json()))
+                               spec_json=spec.to_json(), grouping=spec.grouping if pruned else None,
+                               allocation=spec.allocation if pruned else None))
             return len(new)
 
     def reset_unfinished(self, sweep_id: str) -> int:

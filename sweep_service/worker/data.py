@@ -164,8 +164,8 @@ class TensorBatches:
 
 def _random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Per image: a random h x w window of the zero-padded image, mirrored with p = 0.5.
-    One gather from the flattened padded images, by each output pixel's flat index: 0.45 ms
-    per batch of 128 at one thread here, against 1.15 ms for gathering rows, then columns."""
+    One gather from the flattened padded images, by each output pixel's flat index, which
+    moves each pixel once (gathering rows, then columns, moves them twice)."""
     b, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad)).view(b, c, -1)
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)

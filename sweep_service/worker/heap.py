@@ -2,29 +2,18 @@
 for the next training step, and handed back to the OS between trials.
 
 Trial processes run on tcmalloc (gperftools) where the machine has it: `allocator_env` is
-the environment that preloads it, given to the Ray worker processes that run trials (through
-the sweep's runtime environment) and to the benchmark's ideal; Ray's own daemons and the
-coordinator keep the system allocator. glibc's malloc slowed the arithmetic
-itself as a worker aged: serving a training step's allocations from a heap that earlier
-trials' pruning, speedup and data had fragmented, it searched its free lists for longer.
-Two Ray actors timing the same training steps side by side, one after running real trials
-and one after only the steps: the aged one took 3-8 % more CPU, and a profile put the
-difference in glibc's `_int_malloc` (4.8 % of the samples against 1.5 %). With tcmalloc the
-aged worker was 6.5 % faster than with glibc, and a fresh one 4.3 % (resnet18 and
-mobilenet_v2 pruned, one thread; jemalloc sped resnet18 up as well but slowed
-mobilenet_v2 down by 15 %).
+the environment that preloads it, given to the Ray worker processes that run trials
+(through the sweep's runtime environment); Ray's own daemons and the coordinator keep the
+system allocator. glibc's malloc slows training as a worker ages: it serves each step's
+allocations from a heap that earlier trials' pruning, speedup and data fragmented, and
+searches its free lists for longer (docs/performance.md has the measurements).
 
-tcmalloc keeps freed memory for reuse once told never to release it on its own
-(TCMALLOC_RELEASE_RATE=0); `release` hands it back between trials. Without tcmalloc, glibc is
-set up to do the same (`keep_freed_memory`). By default glibc serves large blocks (above a
-threshold that starts at 128 KB) with fresh memory mappings and unmaps them when they are
-freed, and it trims the free top of the heap, so every training step faulted in fresh
-pages: 5 000-8 000 page faults per step here, at 0.5-5 µs each on this virtual machine
-(mobilenet_v2 pruned 50 %, one epoch: 16.7-17.2 s of training instead of 15.3-15.6 s).
-
-Between trials everything free goes back: each trial allocates differently shaped tensors,
-and a warm worker's RSS grew by about 10 % per trial (1.1 GB to 2.2 GB over ten trials)
-until the heap was trimmed after each one.
+During a trial, freed memory stays in the heap for the next step: by default glibc maps
+large blocks afresh and unmaps them on free, so every step would fault its activations in
+again. tcmalloc does the same once told never to release memory on its own
+(TCMALLOC_RELEASE_RATE=0); `keep_freed_memory` sets glibc up alike. Between trials
+`release` hands everything free back to the OS, since the next trial allocates tensors of
+other shapes and a warm worker's memory would otherwise grow with each trial.
 """
 from __future__ import annotations
 

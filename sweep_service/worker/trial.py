@@ -1,17 +1,17 @@
 """One trial, as run on a Ray worker: a TrialSpec in, a result dict out.
 
 A baseline trial fine-tunes the pretrained model with a new 10-class head. A pruned
-trial starts from the baseline's checkpoint (or the pretrained weights), asks its
-plugin for masks, removes the masked channels with NNI's ModelSpeedup, fine-tunes,
-evaluates and measures. Failures come back as results with the error text, never as
-exceptions, so one bad trial never stops a sweep (only a dead worker raises, and the
-coordinator retries the trial).
+trial starts from the baseline's checkpoint (or the pretrained weights), finds the groups
+of coupled layers, asks its plugin for scores or masks, forms the masks, removes the
+masked channels with NNI's ModelSpeedup, checks that the sped-up model computes what
+the masked model computes, evaluates it, fine-tunes, evaluates and measures. Failures
+come back as results with the error text, never as exceptions, so one bad trial never
+stops a sweep (only a dead worker raises, and the coordinator retries the trial).
 
 Workers are reused across trials, so the data set and the imports are kept per process.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import io
 import json
@@ -33,8 +33,16 @@ from sweep_service.spec import BASELINE, COMPLETED, FAILED, TrialSpec
 from sweep_service.worker import data as datasets
 from sweep_service.worker import heap
 from sweep_service.worker.compute import Compute, probe_formats
+from sweep_service.worker.groups import channel_groups
 from sweep_service.worker.measure import count_macs, count_params, cpu_latency_ms
-from sweep_service.worker.pruning import check_masks, select_layers, speedup
+from sweep_service.worker.pruning import (
+    channel_sparsity,
+    plan_pruning,
+    prune_and_verify,
+    pruned_channels,
+    run_plugin,
+    select_layers,
+)
 from sweep_service.worker.training import evaluate, train
 
 
@@ -65,12 +73,13 @@ class _Phases:
 def prepare_process() -> float:
     """Once per worker process: keep freed memory in the heap for the next training step
     (sweep_service.worker.heap), quiet libraries, and import what every trial needs
-    (torchvision, NNI, torch's FLOP counter). Ray runs it as a worker process starts (the
-    runtime environment's setup hook, sweep_service.coordinator.cluster); else the first
-    trial does. Returns the seconds it took."""
+    (torchvision, NNI, Torch-Pruning, torch's FLOP counter). Ray runs it as a worker
+    process starts (the runtime environment's setup hook, sweep_service.coordinator.cluster);
+    else the first trial does. Returns the seconds it took."""
     start = time.perf_counter()
     heap.keep_freed_memory()
     import torch.utils.flop_counter  # noqa: F401
+    import torch_pruning  # noqa: F401
     import torchvision.datasets  # noqa: F401
     import torchvision.models  # noqa: F401
 
@@ -112,7 +121,7 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
     phases = _Phases()
     startup_start = time.perf_counter()
     result: dict[str, Any] = {"worker_host": socket.gethostname(), "worker_pid": os.getpid()}
-    artifact = model = masks = None
+    artifact = model = None
     try:
         threads = _threads_for(spec)
         torch.set_num_threads(threads)
@@ -139,17 +148,9 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
         result.update(params_before=params_before, macs_before=macs_before)
 
         if spec.kind != BASELINE:
-            plugin = get_plugin(spec.pruner, plugins_dir).create()
-            layers = select_layers(model, spec.model, spec.layers)
-            calibration = None
-            if plugin.needs_data:
-                calibration = datasets.TensorBatches(train_set, batch_size=spec.batch_size,
-                                                     image_size=spec.image_size,
-                                                     max_batches=spec.calibration_batches)
-            masks = phases.run("prune", plugin.masks, copy.deepcopy(model).eval(), spec.rate,
-                               layers, calibration)
-            phases.run("prune", check_masks, model, masks, layers, spec.rate)
-            model = phases.run("speedup", speedup, model, masks, spec.image_size)
+            result.update(_prune(spec, model, train_set, plugins_dir, phases))
+            model.to(device)
+            result["accuracy_pruned"] = phases.run("eval", evaluate, model, test_batches, device, chosen)
 
         model.to(device)
         phases.run("finetune", train, model, train_batches, epochs=spec.epochs,
@@ -178,11 +179,33 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
         result.update(status=FAILED, error=f"{phases.current} failed: {type(exc).__name__}: {exc}\n{tail}")
     result.update(phases.times)
     result["time_total_s"] = time.perf_counter() - startup_start
-    model = masks = None  # drop this trial's tensors before trimming the heap
+    model = None  # drop this trial's tensors before trimming the heap
     heap.release()
     result["worker_rss_mb"] = psutil.Process().memory_info().rss / 2**20
     result["worker_shared_mb"] = _object_store_pages_mb()
     return TrialOutput(result=result, artifact=artifact, started_at=started_at)
+
+
+def _prune(spec: TrialSpec, model: torch.nn.Module, train_set: datasets.ImageSet, plugins_dir: str | None,
+           phases: _Phases) -> dict[str, Any]:
+    """Find the channel groups, ask the plugin, form the masks (per group or per layer),
+    speed `model` up in place and check it against the masked model; returns the row's
+    pruning figures. Each step is timed as its phase, which also names it in an error."""
+    plugin = phases.run("prune", lambda: get_plugin(spec.pruner, plugins_dir).create())
+    layers = select_layers(model, spec.model, spec.layers)
+    calibration = None
+    if plugin.needs_data:
+        calibration = datasets.TensorBatches(train_set, batch_size=spec.batch_size, image_size=spec.image_size,
+                                             max_batches=spec.calibration_batches)
+    groups = phases.run("group", channel_groups, model, layers, spec.image_size)
+    choice = phases.run("prune", run_plugin, plugin, model, spec.rate, layers, calibration)
+    plan = phases.run("prune", plan_pruning, model, groups, choice, layers, spec.rate, spec.grouping,
+                      spec.allocation)
+    filters_before = {name: model.get_submodule(name).weight.shape[0] for name in layers}
+    difference = phases.run("speedup", prune_and_verify, model, groups, plan, spec.image_size)
+    channels = pruned_channels(model, layers, filters_before)
+    return dict(speedup_max_abs_diff=difference, channel_sparsity=channel_sparsity(channels),
+                pruned_channels_json=json.dumps(channels))
 
 
 def run_on_worker(spec: TrialSpec, checkpoint: list, plugins_folder: str, compute: str) -> TrialOutput:
