@@ -13,36 +13,78 @@ from sweep_service.coordinator.config import ConfigError, parse_config, read_con
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Exit status: 0 every trial ended (completed or failed), 1 the sweep could not run or
+    finish (another coordinator runs it, data missing, no node can hold a trial...), 2 bad
+    input (config, database path, resources beyond this machine), 128 + signal number when
+    stopped by SIGINT or SIGTERM."""
+    from sweep_service.coordinator import stopping
+
     overrides = {"database": args.db, "output_dir": args.out, "data_root": args.data_root,
                  "weights_dir": args.weights_dir, "repeats": args.repeats}
-    try:
-        config = parse_config(read_config_file(args.config), source=str(args.config), overrides=overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from sweep_service.coordinator.sweep import SweepAborted, run_sweep
+    with stopping.handled():
+        try:
+            config = parse_config(read_config_file(args.config), source=str(args.config), overrides=overrides)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:
+            return 128 + stopping.stop_behind(exc).signum
+        _warn_broken_plugins()
+        from sweep_service.coordinator.lock import SweepLocked
+        from sweep_service.coordinator.store import StoreError
+        from sweep_service.coordinator.sweep import SweepAborted, run_sweep
 
-    try:
-        summary = run_sweep(config)
-    except SweepAborted as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        try:
+            summary = run_sweep(config)
+        except StoreError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except (SweepLocked, SweepAborted) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return getattr(exc, "exit_code", 1)
+        except KeyboardInterrupt as exc:
+            stop = stopping.stop_behind(exc)
+            print(f"stopped by {stop}: the sweep is interrupted and its unfinished trials are pending; run "
+                  f"`python -m sweep_service run {args.config}` again to resume", file=sys.stderr)
+            return 128 + stop.signum
     return 0 if summary.ok else 1
 
 
+def _warn_broken_plugins() -> None:
+    """A plugin file that fails to import does not stop a sweep that does not use it (the
+    config check names it if the sweep names an unknown pruner), but it is worth a line."""
+    from sweep_service.plugins import load_plugins
+
+    for problem in load_plugins().broken.values():
+        print(f"warning: {problem}; its pruners are unavailable", file=sys.stderr)
+
+
 def _status(args: argparse.Namespace) -> int:
+    from sweep_service.coordinator.lock import is_live
+    from sweep_service.coordinator.store import StoreError, utcnow
     from sweep_service.report import fmt
     from sweep_service.report.recommend import accuracy_text
     from sweep_service.report.results import load_results
 
     try:
         results = load_results(args.db, args.sweep)
-    except (FileNotFoundError, LookupError) as exc:
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except LookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    sweep = results.sweep
+    sweep, holder = results.sweep, results.lock
+    state = sweep["status"]
+    if state == "running" and is_live(holder):
+        age = (utcnow() - holder["heartbeat_at"]).total_seconds()
+        state = f"running: pid {holder['pid']} on {holder['host']}, heartbeat {max(age, 0):.0f} s ago"
+    elif state == "running":
+        state = ("not running: its coordinator stopped without ending it"
+                 + (f" (last heartbeat {holder['heartbeat_at']:%Y-%m-%d %H:%M:%S} UTC)" if holder else "")
+                 + "; run it again to resume")
     several = len(results.seeds) > 1
-    print(f"sweep {sweep['sweep_id']} ({sweep['status']}), data: {sweep['dataset']}, weights: {sweep['weights']}")
+    print(f"sweep {sweep['sweep_id']} ({state}), data: {sweep['dataset']}, weights: {sweep['weights']}")
     print("  " + ", ".join(f"{n} {status}" for status, n in results.counts.items()))
     for row in results.trials:
         seed = f"seed {row['seed']:<3} " if several else ""

@@ -18,13 +18,18 @@ small randomly initialised models, and reports one line per check:
   the masked model computes.
 The validation is the one trials use (`sweep_service.worker.pruning.check_scores` and
 `check_masks`), so a plugin that passes here is not failed by a trial for its output.
+Each call into the plugin, into speedup and into the grouped pruning runs under a time limit
+(`--time-limit`): one that does not return in time is a FAIL, and the command ends there (a
+sweep would cancel such a trial at its `trial_timeout_s`).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import copy
+import dataclasses
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +52,7 @@ NUM_CLASSES = 10
 
 PASS, FAIL, WARN, SKIP = "PASS", "FAIL", "WARN", "SKIP"
 CHECKS = ("runs", "fit", "rate", "structure", "speedup", "grouped")
+TIME_LIMIT_S = 120.0  # per call into the plugin or the pruning, on these small models
 
 if TYPE_CHECKING:  # torch is imported by the checks, not to build the command line
     import torch
@@ -78,6 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--rates", nargs="+", type=float, default=list(DEFAULT_RATES), metavar="RATE",
                        help=f"pruning rates, fractions in (0, 1) (default: {' '.join(map(str, DEFAULT_RATES))})")
     check.add_argument("--image-size", type=int, default=32, help="input size in pixels (default: 32)")
+    check.add_argument("--time-limit", type=float, default=TIME_LIMIT_S, metavar="SECONDS",
+                       help="longest a call of the plugin, of speedup or of the grouped pruning may take "
+                            f"(default: {TIME_LIMIT_S:.0f})")
     _add_plugins_dir(check)
     check.set_defaults(func=check_handler)
 
@@ -105,7 +114,10 @@ def list_handler(args: argparse.Namespace) -> int:
     print(f"\n{len(plugins)} pruners: *.py files in {_short_source(str(folder))}/ and entry points in "
           f"the group {ENTRY_POINT_GROUP!r}. DATA: the plugin asks for calibration batches. GIVES: "
           "scores per filter (any `allocation`) or masks (`allocation: uniform` only).")
-    return 0
+    for problem in plugins.broken.values():
+        print(f"error: {problem}", file=sys.stderr)
+    # Sweeps that do not use a broken file's plugins still run; the listing says it is broken.
+    return 1 if plugins.broken else 0
 
 
 def _short_source(source: str) -> str:
@@ -126,6 +138,7 @@ class CheckResult:
     check: str  # one of CHECKS
     status: str  # PASS, FAIL, WARN (worth knowing, not a failure), SKIP (an earlier check failed)
     detail: str
+    timed_out: bool = False  # a call did not return: nothing more is checked
 
     def line(self) -> str:
         return f"{self.status}  {self.model:<14} {self.rate:>4.0%}  {self.check:<9}  {self.detail}"
@@ -137,7 +150,7 @@ def check_handler(args: argparse.Namespace) -> int:
     try:
         plugins = load_plugins(args.plugins_dir)
         if args.name not in plugins:
-            raise PluginError(f"unknown pruner {args.name!r}; known pruners: {', '.join(sorted(plugins))}")
+            raise PluginError(plugins.unknown([args.name]))
         entry = plugins[args.name]
         for model in args.models:
             if args.image_size < model_info(model).min_input_size:
@@ -145,6 +158,8 @@ def check_handler(args: argparse.Namespace) -> int:
         bad = [r for r in args.rates if not 0.0 < r < 1.0]
         if bad:
             raise ValueError(f"rates must be fractions strictly between 0 and 1, got {bad}")
+        if not args.time_limit > 0:
+            raise ValueError(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
     except (PluginError, UnknownModelError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -161,13 +176,15 @@ def check_handler(args: argparse.Namespace) -> int:
           f"(random init, {args.image_size} px); rates: {', '.join(f'{r:.0%}' for r in args.rates)}\n",
           flush=True)
     results = check_plugin(entry, args.models, args.rates, image_size=args.image_size,
-                           emit=lambda r: print(r.line(), flush=True))
+                           time_limit_s=args.time_limit, emit=lambda r: print(r.line(), flush=True))
     failed = [r for r in results if r.status == FAIL]
     warned = [r for r in results if r.status == WARN]
     if failed:
         checks = {r.check for r in failed}
         consequence = ("a sweep records such trials as failed" if checks & {"runs", "fit", "rate"}
                        else "a sweep's results for it would not show what it prunes")
+        if any(r.timed_out for r in failed):
+            consequence += "; checking stopped at the call that did not return"
         print(f"\n{entry.name}: {len(failed)} of {len(results)} checks FAILED ({', '.join(sorted(checks))}); "
               f"{consequence}")
         return 1
@@ -178,8 +195,10 @@ def check_handler(args: argparse.Namespace) -> int:
 
 
 def check_plugin(entry: PluginEntry, models: list[str], rates: list[float], *, image_size: int = 32,
+                 time_limit_s: float = TIME_LIMIT_S,
                  emit: Callable[[CheckResult], None] = lambda result: None) -> list[CheckResult]:
-    """Run the plugin on each model at each rate; return (and emit) one result per check."""
+    """Run the plugin on each model at each rate; return (and emit) one result per check.
+    Stops after a call that did not return within `time_limit_s`."""
     import torch
 
     from model_zoo import create_model
@@ -196,14 +215,42 @@ def check_plugin(entry: PluginEntry, models: list[str], rates: list[float], *, i
         model = _with_trained_statistics(create_model(model_name, num_classes=NUM_CLASSES, weights="none").eval())
         layers = select_layers(model, model_name, LayerSelection().model_dump())
         for rate in rates:
-            for result in _check_one(entry, model, model_name, layers, rate, image_size):
+            for result in _check_one(entry, model, model_name, layers, rate, image_size, time_limit_s):
                 results.append(result)
                 emit(result)
+            if results and results[-1].timed_out:
+                return results
     return results
 
 
+class _TimedOut(Exception):
+    pass
+
+
+def _within(limit_s: float, fn: Callable, *args):
+    """fn(*args), or _TimedOut if it has not returned after `limit_s`. It runs in a daemon
+    thread, which Python cannot stop: after a timeout the caller checks nothing more, and
+    the thread ends with the process."""
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=call, name="plugin-check", daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    if thread.is_alive():
+        raise _TimedOut
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _check_one(entry: PluginEntry, model: nn.Module, model_name: str, layers: list[str], rate: float,
-               image_size: int) -> Iterator[CheckResult]:
+               image_size: int, time_limit_s: float) -> Iterator[CheckResult]:
     import torch
 
     from sweep_service.plugins import filter_masks_from_scores
@@ -232,9 +279,13 @@ def _check_one(entry: PluginEntry, model: nn.Module, model_name: str, layers: li
     try:
         plugin, copied = entry.create(), copy.deepcopy(model).eval()
         if scoring:
-            output = plugin.scores(copied, list(layers), data)
+            output = _within(time_limit_s, plugin.scores, copied, list(layers), data)
         else:
-            output = plugin.masks(copied, rate, list(layers), data)
+            output = _within(time_limit_s, plugin.masks, copied, rate, list(layers), data)
+    except _TimedOut:
+        yield dataclasses.replace(result("runs", FAIL, f"{method} did not return within {time_limit_s:g} s"),
+                                  timed_out=True)
+        return
     except Exception as exc:
         yield result("runs", FAIL, f"{method} raised {type(exc).__name__}: {_first_line(exc)}")
         yield from skip_after("runs", f"no {'scores' if scoring else 'masks'}")
@@ -271,15 +322,18 @@ def _check_one(entry: PluginEntry, model: nn.Module, model_name: str, layers: li
     else:
         yield result("structure", WARN, f"{1 - removable / masked:.0%} of the masked weights are in output filters "
                                         "that stay: speedup leaves those weights as they are")
-    yield _check_speedup(model, masks, image_size, removable > 0, result)
+    speedup_result = _check_speedup(model, masks, image_size, removable > 0, result, time_limit_s)
+    yield speedup_result
+    if speedup_result.timed_out:
+        return
     if not ok:
         yield result("grouped", SKIP, "the masks miss the rate, so a trial fails before grouping")
         return
-    yield _check_grouped(model, layers, choice, rate, image_size, result)
+    yield _check_grouped(model, layers, choice, rate, image_size, result, time_limit_s)
 
 
 def _check_speedup(model: nn.Module, masks: Masks, image_size: int, removes_filters: bool,
-                   result: Callable[[str, str, str], CheckResult]) -> CheckResult:
+                   result: Callable[[str, str, str], CheckResult], time_limit_s: float) -> CheckResult:
     import torch
 
     from sweep_service.worker.measure import count_params
@@ -289,13 +343,16 @@ def _check_speedup(model: nn.Module, masks: Masks, image_size: int, removes_filt
     before = count_params(pruned)
     start = time.perf_counter()
     try:
-        speedup(pruned, masks, image_size)
+        _within(time_limit_s, speedup, pruned, masks, image_size)
         took = time.perf_counter() - start
         with torch.no_grad():
             output = pruned.eval()(torch.rand(2, 3, image_size, image_size))
         if tuple(output.shape) != (2, NUM_CLASSES):
             return result("speedup", FAIL, f"the pruned model outputs shape {tuple(output.shape)}, "
                                            f"expected (2, {NUM_CLASSES})")
+    except _TimedOut:
+        return dataclasses.replace(result("speedup", FAIL, f"speedup did not return within {time_limit_s:g} s"),
+                                   timed_out=True)
     except Exception as exc:
         return result("speedup", FAIL, f"{type(exc).__name__}: {_first_line(exc)}")
     after = count_params(pruned)
@@ -308,16 +365,23 @@ def _check_speedup(model: nn.Module, masks: Masks, image_size: int, removes_filt
 
 
 def _check_grouped(model: nn.Module, layers: list[str], choice, rate: float, image_size: int,
-                   result: Callable[[str, str, str], CheckResult]) -> CheckResult:
+                   result: Callable[[str, str, str], CheckResult], time_limit_s: float) -> CheckResult:
     from sweep_service.worker.groups import channel_groups
     from sweep_service.worker.pruning import channel_sparsity, plan_pruning, prune_and_verify, pruned_channels
 
     pruned = copy.deepcopy(model)
-    try:
+
+    def prune_grouped():
         groups = channel_groups(pruned, layers, image_size)
         plan = plan_pruning(pruned, groups, choice, layers, rate, "dependency", "uniform")
         filters = {name: pruned.get_submodule(name).weight.shape[0] for name in layers}
-        difference = prune_and_verify(pruned, groups, plan, image_size)
+        return groups, filters, prune_and_verify(pruned, groups, plan, image_size)
+
+    try:
+        groups, filters, difference = _within(time_limit_s, prune_grouped)
+    except _TimedOut:
+        return dataclasses.replace(result("grouped", FAIL, f"the grouped pruning did not return within "
+                                                           f"{time_limit_s:g} s"), timed_out=True)
     except Exception as exc:
         return result("grouped", FAIL, f"{type(exc).__name__}: {_first_line(exc)}")
     blocked = sum(not g.prunable for g in groups)

@@ -156,8 +156,9 @@ def _entry(cls: type[PrunerPlugin], source: str) -> PluginEntry:
     return PluginEntry(name, cls, source)
 
 
-def _from_folder(folder: Path) -> list[PluginEntry]:
-    found = []
+def _from_folder(folder: Path) -> tuple[list[PluginEntry], dict[str, str]]:
+    """The plugins of the folder's files, and the files that failed (path -> why)."""
+    found, broken = [], {}
     for path in sorted(folder.glob("*.py")):
         if path.name.startswith("_"):
             continue
@@ -167,44 +168,79 @@ def _from_folder(folder: Path) -> list[PluginEntry]:
         sys.modules[module_name] = module
         try:
             spec.loader.exec_module(module)
+            found += [_entry(cls, str(path)) for cls in _plugin_classes(vars(module))]
+        except PluginError as exc:
+            broken[str(path)] = str(exc)
         except Exception as exc:
-            raise PluginError(f"plugin file {path} failed to import: {type(exc).__name__}: {exc}") from exc
-        found += [_entry(cls, str(path)) for cls in _plugin_classes(vars(module))]
-    return found
+            sys.modules.pop(module_name, None)
+            broken[str(path)] = f"plugin file {path} failed to import: {type(exc).__name__}: {exc}"
+    return found, broken
 
 
-def _from_entry_points() -> list[PluginEntry]:
-    found = []
+def _from_entry_points() -> tuple[list[PluginEntry], dict[str, str]]:
+    """The plugins of installed packages, and the entry points that failed (source -> why)."""
+    found, broken = [], {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         source = f"entry point {ep.name} = {ep.value}" + (f" ({ep.dist.name})" if ep.dist else "")
         try:
             cls = ep.load()
         except Exception as exc:
-            raise PluginError(f"{source} failed to load: {type(exc).__name__}: {exc}") from exc
+            broken[source] = f"{source} failed to load: {type(exc).__name__}: {exc}"
+            continue
         if not (inspect.isclass(cls) and issubclass(cls, PrunerPlugin)) or inspect.isabstract(cls):
-            raise PluginError(f"{source} is not a concrete PrunerPlugin subclass")
-        found.append(_entry(cls, source))
-    return found
+            broken[source] = f"{source} is not a concrete PrunerPlugin subclass"
+            continue
+        try:
+            found.append(_entry(cls, source))
+        except PluginError as exc:
+            broken[source] = str(exc)
+    return found, broken
 
 
-def load_plugins(folder: str | Path | None = None) -> dict[str, PluginEntry]:
+class Registry(dict):
+    """The plugins by name, and the plugin files that could not be loaded (`broken`: path ->
+    why). A broken file makes only its own plugins unavailable; an unknown name is an error
+    that names the broken files, which may define it."""
+
+    def __init__(self, plugins: dict[str, PluginEntry], broken: dict[str, str]):
+        super().__init__(plugins)
+        self.broken = broken
+
+    def unknown(self, names: list[str]) -> str:
+        """The message for pruner names that are not in the registry."""
+        message = f"unknown pruner(s) {names}; known pruners: {', '.join(sorted(self))}"
+        if self.broken:
+            message += "; these plugin files failed to load and may define them: " + "; ".join(self.broken.values())
+        return message
+
+
+def load_plugins(folder: str | Path | None = None) -> Registry:
     """All plugins by name. Two plugins with one name are an error naming both sources."""
-    folder = Path(folder).resolve() if folder else plugins_dir()
-    if not folder.is_dir():
-        raise PluginError(f"plugins folder {folder} does not exist (set SWEEP_PLUGINS_DIR)")
+    if folder:
+        folder = Path(folder).resolve()
+        if not folder.is_dir():
+            raise PluginError(f"plugins folder {folder} does not exist")
+    else:
+        folder = plugins_dir()
+        if not folder.is_dir():
+            raise PluginError(f"SWEEP_PLUGINS_DIR={os.environ.get('SWEEP_PLUGINS_DIR')}: no such folder; "
+                              "point it at a folder of plugin files, or unset it to use pruner_plugins/"
+                              if os.environ.get("SWEEP_PLUGINS_DIR") else f"plugins folder {folder} does not exist")
+    entries, broken = _from_folder(folder)
+    installed, broken_installed = _from_entry_points()
     registry: dict[str, PluginEntry] = {}
-    for entry in _from_folder(folder) + _from_entry_points():
+    for entry in entries + installed:
         if entry.name in registry:
             raise PluginError(
                 f"two pruner plugins are named {entry.name!r}: {registry[entry.name].source} and "
                 f"{entry.source}; rename one of them"
             )
         registry[entry.name] = entry
-    return registry
+    return Registry(registry, {**broken, **broken_installed})
 
 
 def get_plugin(name: str, folder: str | Path | None = None) -> PluginEntry:
     plugins = load_plugins(folder)
     if name not in plugins:
-        raise PluginError(f"unknown pruner {name!r}; known pruners: {', '.join(sorted(plugins))}")
+        raise PluginError(plugins.unknown([name]))
     return plugins[name]

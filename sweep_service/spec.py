@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from sweep_service.report import fmt
+
 # Bumped when the meaning of identical identity fields changes, e.g. how a rate is applied.
 # 3: channels are chosen per group of coupled layers (`grouping`, `allocation`).
 KEY_VERSION = 3
@@ -26,16 +28,6 @@ KEY_VERSION = 3
 BASELINE, PRUNED = "baseline", "pruned"
 PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
 STATUSES = (PENDING, RUNNING, COMPLETED, FAILED)
-
-
-def rate_text(rate: float) -> str:
-    """A pruning rate for people: 0.3 -> '30%', 0.125 -> '12.5%', 0.9999 -> '99.99%' (never
-    rounded to 0 % or 100 %, which no rate is)."""
-    percent = rate * 100
-    digits = 4  # 12.3456 %: finer than any grid needs
-    while digits < 12 and round(percent, digits) in (0, 100) and percent not in (0, 100):
-        digits += 1
-    return f"{round(percent, digits):.{digits}f}".rstrip("0").rstrip(".") + "%"
 
 
 def identity(**kwargs) -> Any:
@@ -99,7 +91,7 @@ class TrialSpec:
     def label(self) -> str:
         if self.kind == BASELINE:
             return f"{self.model} baseline"
-        return f"{self.model} {self.pruner} {rate_text(self.rate)}"
+        return f"{self.model} {self.pruner} {fmt.rate(self.rate)}"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

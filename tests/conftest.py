@@ -90,6 +90,31 @@ def smoke_three_seeds(tmp_path_factory) -> dict:
                 stdout=result.stdout, seconds=seconds, commit=commit)
 
 
+@pytest.fixture
+def mount_point(tmp_path):
+    """A fresh tmpfs (2 MB) at a folder of `tmp_path`; `remount_read_only()` makes it
+    read-only, as a `:ro` volume or read-only media are. Skipped with the reason where
+    this process may not mount (it needs root, or CAP_SYS_ADMIN)."""
+    folder = tmp_path / "mnt"
+    folder.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.strip()}")
+
+    class Mount:
+        path = folder
+
+        @staticmethod
+        def remount_read_only() -> None:
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+    try:
+        yield Mount
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
 def trained_like(name: str):
     """A zoo model whose batch norms hold statistics and affine parameters away from their
     initial values, as after training. Freshly initialised ones output zero for a zeroed

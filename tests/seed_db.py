@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from sweep_service.coordinator.config import parse_config
 from sweep_service.coordinator.grid import expand
-from sweep_service.coordinator.store import ResultStore
+from sweep_service.coordinator.store import ResultStore, utcnow
 from sweep_service.spec import BASELINE, COMPLETED, FAILED
 
 REFERENCE_MODELS = ("resnet50", "vgg16", "mobilenet_v2", "densenet121", "efficientnet_b0",
@@ -107,7 +107,8 @@ def seed_sweep(db_path: str | Path, *, models: Iterable[str] = REFERENCE_MODELS,
     of the grid are recorded, the next `running` are marked running and the rest stay
     pending (a sweep in progress; pass status="running"). With
     `links` false, pruned rows lack baseline_accuracy/accuracy_drop (as before the
-    coordinator links them). `pruned_figures`: see figures().
+    coordinator links them). `pruned_figures`: see figures(). A running sweep's lock is held,
+    with a fresh heartbeat, as its coordinator would hold it.
     """
     db_path = Path(db_path)
     config = parse_config({
@@ -151,6 +152,10 @@ def seed_sweep(db_path: str | Path, *, models: Iterable[str] = REFERENCE_MODELS,
             store.mark_running(sweep_id, spec.key)
     if status != "running":
         store.end_sweep(sweep_id, status)
+    else:
+        now = utcnow()
+        store.insert_lock(dict(sweep_id=sweep_id, token="seeded", host="seed-host", pid=1, pid_started=0.0,
+                               started_at=now, heartbeat_at=now))
     store.engine.dispose()
     return sweep_id
 
@@ -202,14 +207,14 @@ if __name__ == "__main__":  # seed a database to look at: python tests/seed_db.p
 
 class PageParser(HTMLParser):
     """What the report tests check in a page: images, tables (rows of cell texts by
-    table id), the refresh tag and links."""
+    table id), whether it watches a live sweep (its #live-status note) and links."""
 
     def __init__(self) -> None:
         super().__init__()
         self.images: list[dict[str, str]] = []
         self.tables: dict[str, list[list[str]]] = {}
         self.links: list[str] = []
-        self.refresh: str | None = None
+        self.live = False
         self._table: str | None = None
         self._in_body = False
         self._cell: list[str] | None = None
@@ -220,8 +225,8 @@ class PageParser(HTMLParser):
             self.images.append(a)
         elif tag == "a" and "href" in a:
             self.links.append(a["href"])
-        elif tag == "meta" and a.get("http-equiv") == "refresh":
-            self.refresh = a.get("content")
+        elif a.get("id") == "live-status":
+            self.live = True
         elif tag == "table":
             self._table = a.get("id", f"table{len(self.tables)}")
             self.tables[self._table] = []

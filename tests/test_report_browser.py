@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -225,3 +226,74 @@ def test_report_with_three_seeds_shows_intervals_and_the_pairwise_table(smoke_th
     assert dark > 2000, f"the pairwise table's area of the screenshot is nearly blank ({dark} dark pixels)"
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copyfile(shot, ARTIFACTS / "report-seeds-screenshot.png")
+
+
+class _LiveHandler(SimpleHTTPRequestHandler):
+    """Serves a report folder; counts the page's loads, and from the second load on serves
+    the page as the coordinator's next redraw would be (written after the one first served)."""
+
+    loads: list[float]
+    redrawn_at: float
+
+    def do_GET(self):
+        if self.path.split("?")[0] in ("/", "/index.html"):
+            page = (Path(self.directory) / "index.html").read_text()
+            if self.loads:
+                page = re.sub(r'"generated": [0-9.]+', f'"generated": {self.redrawn_at + 1}', page)
+            self.loads.append(time.time())
+            body = page.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("state, expected, loads", [
+    # the coordinator was killed: status.json stays "running", its heartbeat goes stale
+    ("stale", "not running since 2026-01-02T03:04:05Z: its coordinator stopped without ending the sweep", 1),
+    ("interrupted", "not running since 2026-01-02T03:04:05Z: the sweep is interrupted (stopped by SIGTERM)", 1),
+    # alive, and a report newer than the page: the page reloads, once, and keeps watching
+    ("redrawn", "the sweep is running: this page reloads itself as results come in", 2),
+])
+def test_a_live_page_follows_the_coordinators_status_file(tmp_path, state, expected, loads):
+    from seed_db import seed_sweep
+
+    binary = chromium()
+    db = tmp_path / "r.db"
+    seed_sweep(db, models=["resnet18"], pruners=["l1norm"], rates=[0.5], done=1, running=1, status="running")
+    folder = tmp_path / "report"
+    assert main(["report", "--db", str(db), "--out", str(folder)]) == 0
+    now = time.time()
+    status = {"sweep_id": json.loads(re.search(r"var live = (\{.*?\});", (folder / "index.html").read_text())
+                                     .group(1))["sweep"],
+              "status": "running", "updated_at": "2026-01-02T03:04:05Z", "updated_unix": now, "stale_after_s": 60,
+              "report_unix": None, "message": "", "host": "h", "pid": 1}
+    if state == "stale":
+        status["updated_unix"] = now - 3600
+    elif state == "interrupted":
+        status.update(status="interrupted", message="stopped by SIGTERM")
+    else:
+        status["report_unix"] = now + 5
+    (folder / "status.json").write_text(json.dumps(status))
+
+    handler = functools.partial(type("Handler", (_LiveHandler,), {"loads": [], "redrawn_at": now + 5}),
+                                directory=str(folder))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        dom = _finish(_chromium(binary, tmp_path / "profile", "--virtual-time-budget=8000", "--dump-dom",
+                                f"http://127.0.0.1:{server.server_address[1]}/index.html"), "--dump-dom")
+        served = len(handler.func.loads)
+    finally:
+        server.shutdown()
+        server.server_close()
+    note = re.search(r'<span id="live-status"[^>]*>(.*?)</span>', dom, re.S)
+    assert note, dom[-2000:]
+    assert html.unescape(note.group(1)).startswith(expected), note.group(1)
+    assert served == loads

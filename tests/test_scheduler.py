@@ -2,6 +2,7 @@
 milliseconds."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -11,7 +12,9 @@ from sweep_service.coordinator.scheduler import (
     PROBE,
     Scheduler,
     estimate_epoch_seconds,
+    node_slots,
     pick_next,
+    unplaceable,
 )
 from sweep_service.spec import BASELINE, COMPLETED, FAILED, PRUNED, TrialSpec
 
@@ -56,7 +59,8 @@ class FakeCluster:
 
 def drive(scheduler: Scheduler, cluster: FakeCluster, *, events=(), fail=(), until: float = 1e6) -> FakeCluster:
     """Run the scheduler on the fake cluster as the dispatcher would. `events`: (time,
-    function) pairs applied to the cluster at that time (a node joining or leaving)."""
+    function) pairs applied to the cluster at that time (a node joining or leaving). A
+    task past the scheduler's time limit is cancelled and fails, as the dispatcher does."""
     events = sorted(events, key=lambda e: e[0])
     while not scheduler.finished and cluster.now < until:
         free = sum(cluster.free_on(n) for n in cluster.nodes)
@@ -64,7 +68,8 @@ def drive(scheduler: Scheduler, cluster: FakeCluster, *, events=(), fail=(), unt
             cluster.place(task)
         ends = [end for _, _, end in cluster.running.values()]
         next_event = events[0][0] if events else math.inf
-        cluster.now = min(min(ends, default=math.inf), next_event)
+        deadlines = [r.started + scheduler.time_limit_s for r in scheduler.running.values()]
+        cluster.now = min(min(ends, default=math.inf), next_event, min(deadlines, default=math.inf))
         assert cluster.now < math.inf, "nothing runs and nothing will happen: the scheduler is stuck"
         if events and cluster.now == next_event:
             _, change = events.pop(0)
@@ -74,6 +79,11 @@ def drive(scheduler: Scheduler, cluster: FakeCluster, *, events=(), fail=(), unt
                 if not scheduler.lost(task):
                     scheduler.trial_done(task, FAILED)
             continue
+        for task in scheduler.overdue(cluster.now):
+            del cluster.running[task.key]
+            cluster.log.append((cluster.now, "timeout", task.label))
+            for not_run in scheduler.trial_done(task, FAILED):
+                cluster.log.append((cluster.now, "not run", not_run.spec.label))
         for key, (task, _, end) in list(cluster.running.items()):
             if end == cluster.now:
                 del cluster.running[key]
@@ -193,3 +203,39 @@ def test_the_last_trials_are_chosen_so_that_the_slots_finish_together():
     # Where longest first is as good, it stays: the longest.
     assert pick_next([5.0, 4.0, 3.0], [4.0]) == 0
     assert pick_next([4.0, 9.0, 1.0], [0.0, 0.0]) == 1  # three free slots
+
+
+def test_a_trial_that_never_returns_is_overdue_at_its_time_limit_and_the_rest_run():
+    hung = "resnet18 fpgm 30%"
+    duration = lambda t: math.inf if t.label == hung else pruned_duration(t)  # noqa: E731
+    scheduler = Scheduler(grid(), time_limit_s=100.0)
+    cluster = drive(scheduler, FakeCluster({"a": 2}, duration))
+    timeouts = [(t, label) for t, event, label in cluster.log if event == "timeout"]
+    started = next(t for t, event, label in cluster.log if event == "start" and label == hung)
+    assert timeouts == [(started + 100.0, hung)]
+    assert sorted(set(starts(cluster))) == sorted(s.label for s in grid()) and scheduler.finished
+
+    quick = Scheduler(grid(), time_limit_s=5.0)  # a baseline over its limit: its trials do not run
+    cluster = drive(quick, FakeCluster({"a": 2}, pruned_duration))
+    assert [label for _, event, label in cluster.log if event == "timeout"] == ["resnet18 baseline"]
+    assert len([1 for _, event, _ in cluster.log if event == "not run"]) == 4
+
+    idle = Scheduler(grid(), time_limit_s=10.0)
+    idle.next(1, 0.0)
+    assert idle.overdue(9.9) == [] and [t.label for t in idle.overdue(10.0)] == ["resnet18 baseline"]
+
+
+def test_requests_are_placed_node_by_node_not_on_the_cluster_total():
+    two_cpus = [dataclasses.replace(s, cpus=2.0) for s in grid()]
+    small_nodes = [{"CPU": 1.0}, {"CPU": 1.0}]  # 2 CPUs in all, but no node with 2
+    waiting = unplaceable(two_cpus, small_nodes)
+    assert list(waiting) == [(2.0, 0.0)] and len(waiting[(2.0, 0.0)]) == len(two_cpus)
+    assert sum(node_slots(node, 2.0, 0.0) for node in small_nodes) == 0
+    assert unplaceable(two_cpus, [{"CPU": 1.0}, {"CPU": 4.0}]) == {}
+    assert node_slots({"CPU": 4.0}, 2.0, 0.0) == 2
+
+    half_gpu = [dataclasses.replace(s, gpus=0.5) for s in grid()[:2]]
+    assert list(unplaceable(half_gpu, [{"CPU": 8.0}])) == [(1.0, 0.5)]
+    assert unplaceable(half_gpu, [{"CPU": 8.0, "GPU": 1.0}]) == {}
+    assert node_slots({"CPU": 8.0, "GPU": 1.0}, 1.0, 0.5) == 2
+    assert unplaceable(grid(), []) != {}  # no node at all

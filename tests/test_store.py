@@ -1,11 +1,23 @@
-"""The SQLite store: one row per trial, idempotent inserts, resumable state."""
+"""The SQLite store: one row per trial, idempotent inserts, resumable state; only the
+service's own files are written, read-only commands change nothing, and read-only media
+can be read."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
+import shutil
 import sqlite3
+from pathlib import Path
 
+import pytest
+from seed_db import seed_sweep
+
+from sweep_service.cli import main
 from sweep_service.coordinator.config import load_config
 from sweep_service.coordinator.grid import expand
-from sweep_service.coordinator.store import ResultStore
+from sweep_service.coordinator.store import APPLICATION_ID, SCHEMA_VERSION, ResultStore, StoreError
 
 
 def _setup(tiny_config, tmp_path):
@@ -104,3 +116,158 @@ def test_rows_from_before_the_seed_column_get_their_seed_when_the_sweep_runs_aga
     assert {r["seed"] for r in reopened.trials(sweep_id)} == {None}
     assert reopened.add_trials(sweep_id, specs) == 0
     assert {r["seed"] for r in reopened.trials(sweep_id)} == {0}
+
+
+# Whose file it is, and read-only use ---------------------------------------------------------
+READ_COMMANDS = (["status"], ["report", "--out", "{out}"], ["export"], ["recommend"])
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file of `folder` with its content hash and modification time."""
+    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _journal_mode(path: Path) -> str:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+        return con.execute("PRAGMA journal_mode").fetchone()[0]
+
+
+def _seeded(tmp_path: Path) -> tuple[Path, str]:
+    db = tmp_path / "results" / "sweep.db"
+    return db, seed_sweep(db, models=["resnet18"], pruners=["l1norm"], rates=[0.3, 0.6])
+
+
+def _read_commands(db: Path, out: Path) -> list[list[str]]:
+    return [[*command[:1], "--db", str(db), *(a.format(out=out) for a in command[1:])] for command in READ_COMMANDS]
+
+
+def test_another_programs_database_is_refused_by_name_and_left_as_it_was(tiny_config, tmp_path, capsys):
+    """The issue's case: a file with an unrelated `trials` table. Before, `status` added 40
+    columns to it, created `sweeps` and switched it to WAL; `run` then wrote into it."""
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    db = folder / "notes.db"
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        con.execute("CREATE TABLE trials (id INTEGER PRIMARY KEY, patient TEXT, outcome TEXT)")
+        con.execute("INSERT INTO trials (patient, outcome) VALUES ('p1', 'ok')")
+    before = _snapshot(folder)
+
+    for command in _read_commands(db, tmp_path / "report"):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert f"{db} is not a sweep-service results database" in err and "(trials)" in err, err
+    path, _ = tiny_config(database=str(db))
+    assert main(["run", str(path)]) == 2
+    assert f"{db} is not a sweep-service results database" in capsys.readouterr().err
+
+    assert _snapshot(folder) == before  # no byte changed, no journal file left beside it
+    assert _journal_mode(db) == "delete"
+
+
+def test_a_database_marked_as_another_applications_is_refused_from_its_header(tmp_path, capsys):
+    db = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        con.execute(f"PRAGMA application_id = {0x464F5346}")  # another program's mark
+        con.execute("CREATE TABLE sweeps (sweep_id TEXT, config_json TEXT)")
+        con.execute("CREATE TABLE trials (sweep_id TEXT, key TEXT, spec_json TEXT)")
+    with pytest.raises(StoreError, match=r"another application's SQLite database \(application_id 0x464f5346\)"):
+        ResultStore(db)
+    assert main(["status", "--db", str(db)]) == 2
+    assert "another application's" in capsys.readouterr().err
+
+
+def test_run_marks_the_file_and_its_schema_version(tmp_path):
+    db = tmp_path / "new" / "sweep.db"
+    ResultStore(db).close()
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        assert con.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_read_only_commands_leave_the_services_own_database_unchanged(tmp_path, capsys):
+    db, _ = _seeded(tmp_path)
+    before = _snapshot(db.parent)
+    for command in _read_commands(db, tmp_path / "report"):
+        assert main(command) in (0, 1), (command, capsys.readouterr().err)
+    assert "resnet18" in capsys.readouterr().out
+    assert _snapshot(db.parent) == before
+
+
+def test_an_earlier_versions_database_is_read_as_it_is_and_upgraded_only_by_run(tiny_config, tmp_path, capsys):
+    db, sweep_id = _seeded(tmp_path)
+    with contextlib.closing(sqlite3.connect(db)) as con, con:  # as written before the marks and `compute`
+        con.execute("PRAGMA application_id = 0")
+        con.execute("PRAGMA user_version = 0")
+        con.execute("DROP TABLE sweep_locks")
+        con.execute("ALTER TABLE trials DROP COLUMN compute")
+    before = _snapshot(db.parent)
+    assert main(["status", "--db", str(db)]) == 0
+    assert "resnet18" in capsys.readouterr().out
+    assert main(["export", "--db", str(db), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].count("compute") == 1  # the column, empty
+    assert _snapshot(db.parent) == before
+
+    ResultStore(db).close()  # what `run` does first
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        assert con.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        assert "compute" in {row[1] for row in con.execute("PRAGMA table_info(trials)")}
+        assert con.execute("SELECT count(*) FROM trials").fetchone()[0] == 3
+
+
+def test_a_database_of_a_newer_schema_is_not_written(tmp_path):
+    db, _ = _seeded(tmp_path)
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="written by a newer sweep-service"):
+        ResultStore(db)
+    assert ResultStore.open_read_only(db).sweep()["status"] == "finished"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda db: db.write_bytes(b"name,accuracy\nresnet18,0.9\n" * 10), "is not an SQLite database"),
+    # a valid header over pages of garbage
+    (lambda db: db.write_bytes(db.read_bytes()[:100] + os.urandom(db.stat().st_size - 100)), "damaged"),
+])
+def test_a_corrupt_database_is_an_error_with_its_name(tiny_config, tmp_path, capsys, damage, message):
+    db, _ = _seeded(tmp_path)
+    damage(db)
+    path, _ = tiny_config(database=str(db))
+    for command in (["run", str(path)], *_read_commands(db, tmp_path / "report")):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert str(db) in err and "Traceback" not in err, (command, err)
+    assert main(["run", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_folder_given_as_the_database_is_an_error(tiny_config, tmp_path, capsys):
+    path, _ = tiny_config(database=str(tmp_path))
+    assert main(["run", str(path)]) == 2
+    assert f"the database path {tmp_path} is a folder; give a file path, e.g. --db {tmp_path / 'sweep.db'}" in \
+        capsys.readouterr().err
+    assert main(["status", "--db", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_read_only_media(tiny_config, tmp_path, mount_point, capsys):
+    """A results folder on a read-only mount (the compose `report` service mounts it `:ro`):
+    status, report (written elsewhere), export and recommend read it; run names the path it
+    cannot write."""
+    db, _ = _seeded(tmp_path)
+    shutil.copy(db, mount_point.path / "sweep.db")  # a WAL database with no -shm beside it
+    mount_point.remount_read_only()
+    on_media = mount_point.path / "sweep.db"
+    assert _journal_mode(db) == "wal"
+    for command in _read_commands(on_media, tmp_path / "report"):
+        assert main(command) in (0, 1), (command, capsys.readouterr().err)
+        assert "error" not in capsys.readouterr().err
+    assert (tmp_path / "report" / "index.html").is_file()
+    assert main(["export", "--db", str(on_media), "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["trials"]) == 3
+
+    path, _ = tiny_config(database=str(on_media))
+    assert main(["run", str(path)]) == 2
+    assert f"cannot write the database {on_media}: its folder {mount_point.path} is read-only" in \
+        capsys.readouterr().err

@@ -8,9 +8,9 @@ process starts rather than in its first trial.
 from __future__ import annotations
 
 import logging
-import math
 import os
 
+from sweep_service.coordinator.scheduler import node_slots
 from sweep_service.plugins import plugins_dir
 from sweep_service.worker import heap
 
@@ -26,29 +26,36 @@ def worker_runtime_env() -> dict:
     return {"env_vars": env, "worker_process_setup_hook": WORKER_SETUP_HOOK}
 
 
+def joined_cluster() -> bool:
+    """Whether the sweep joins a cluster (RAY_ADDRESS), which may grow, rather than start
+    one on this machine, which cannot."""
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
 def start_ray():
     """Join the Ray cluster at RAY_ADDRESS, else start a local one with every CPU of this
     machine; returns the `ray` module."""
     import ray
 
     options = dict(logging_level=logging.ERROR, log_to_driver=False, runtime_env=worker_runtime_env())
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, **options)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **options)
+    if joined_cluster():
+        ray.init(address=os.environ["RAY_ADDRESS"], **options)
+    else:  # "local": a new cluster of this machine, even if another was started here with `ray start`
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **options)
     return ray
 
 
-def node_slots(resources: dict[str, float], cpus: float, gpus: float) -> int:
-    """How many trials asking for `cpus` CPUs and `gpus` GPUs fit on one node offering
-    `resources` (Ray's resource dict): a trial cannot span nodes."""
-    slots = int(resources.get("CPU", 0) // cpus) if cpus > 0 else math.inf
-    if gpus > 0:
-        slots = min(slots, int(resources.get("GPU", 0) // gpus))
-    return 0 if slots == math.inf else int(slots)
+def live_nodes(ray) -> list[dict]:
+    """The cluster's live nodes (`ray.nodes()` entries)."""
+    return [node for node in ray.nodes() if node.get("Alive")]
 
 
 def cluster_slots(ray, cpus: float, gpus: float) -> int:
     """Trials that fit on the cluster's live nodes at once, counted node by node."""
-    return sum(node_slots(node.get("Resources", {}), cpus, gpus) for node in ray.nodes() if node.get("Alive"))
+    return sum(node_slots(node.get("Resources", {}), cpus, gpus) for node in live_nodes(ray))
+
+
+def describe_nodes(nodes: list[dict]) -> str:
+    """'192.0.2.7: 1 CPU, 0 GPU; ...' for messages about what the cluster offers."""
+    return "; ".join(f"{node.get('NodeManagerAddress', '?')}: {node['Resources'].get('CPU', 0):g} CPU, "
+                     f"{node['Resources'].get('GPU', 0):g} GPU" for node in nodes) or "no live node"

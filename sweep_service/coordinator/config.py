@@ -34,7 +34,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # .inf and .nan are YAML floats: no field means them
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class OptimizerConfig(_Strict):
@@ -70,10 +71,22 @@ class Constraints(_Strict):
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
 
 
+MAX_RATES = 1000  # more rates than any chart or person can tell apart
+
+
 class RateRange(_Strict):
     start: float
     stop: float
     step: PositiveFloat
+
+    @model_validator(mode="after")
+    def _reasonable(self) -> "RateRange":
+        if self.stop < self.start:
+            raise ValueError(f"stop {self.stop} is below start {self.start}")
+        if (self.stop - self.start) / self.step >= MAX_RATES:
+            raise ValueError(f"start {self.start} to stop {self.stop} in steps of {self.step} makes more than "
+                             f"{MAX_RATES} rates; use a larger step")
+        return self
 
     def values(self) -> list[float]:
         n = int(round((self.stop - self.start) / self.step))
@@ -84,7 +97,7 @@ class SweepConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     models: list[str] = Field(min_length=1)
     pruners: list[str] = Field(min_length=1)
-    rates: list[float] = Field(min_length=1)
+    rates: list[float] = Field(min_length=1, max_length=MAX_RATES)
     dataset: Literal["cifar10", "synthetic"]
     data_root: Path = Path("data")
     weights: Literal["imagenet", "none"] = "imagenet"
@@ -92,14 +105,14 @@ class SweepConfig(_Strict):
     image_size: int = Field(32, ge=16, le=512)
     baseline_epochs: NonNegativeInt = 3
     finetune_epochs: NonNegativeInt = 1
-    batch_size: PositiveInt = 128
+    batch_size: int = 128
     eval_batch_size: PositiveInt = 512
     optimizer: OptimizerConfig = OptimizerConfig()
     augment: bool = True
     # Repeats: `seed` alone runs one seed; `seeds` lists the seeds to run; `repeats: N` runs
     # seed, seed+1, ..., seed+N-1. Each seed is a trial of every (model, pruner, rate) with its
     # own baseline, so that the report can give each configuration a mean and an interval.
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # what every random generator of a trial accepts
     seeds: list[int] | None = Field(None, min_length=1)
     repeats: PositiveInt | None = None
     train_subset: PositiveInt | None = None
@@ -121,6 +134,12 @@ class SweepConfig(_Strict):
     # or "auto": each model's candidates are measured once and all its trials use the fastest.
     compute: str = "fp32"
     max_retries: NonNegativeInt = 2
+    # A trial running longer is cancelled and recorded as failed (a plugin that never
+    # returns, a hung device); raise it for long trials on slow machines.
+    trial_timeout_s: PositiveFloat = 6 * 3600.0
+    # How long a sweep on a joined cluster (RAY_ADDRESS) waits for a node that can hold a
+    # trial (`resources`) before it gives up; a local cluster cannot grow, and fails at once.
+    node_wait_s: NonNegativeFloat = 600.0
     latency_runs: PositiveInt = 20
     database: Path = Path("results/sweep.db")
     output_dir: Path = Path("results")
@@ -143,6 +162,13 @@ class SweepConfig(_Strict):
             raise ValueError(f"rates repeat a value: {rates}")
         return sorted(rates)
 
+    @field_validator("batch_size", "train_subset")
+    @classmethod
+    def _two_images_at_least(cls, value: int | None) -> int | None:
+        if value is not None and value < 2:
+            raise ValueError(f"must be at least 2, got {value}: batch norm cannot train on a single image")
+        return value
+
     @field_validator("models")
     @classmethod
     def _known_models(cls, models: list[str]) -> list[str]:
@@ -158,15 +184,15 @@ class SweepConfig(_Strict):
     @field_validator("pruners")
     @classmethod
     def _known_pruners(cls, pruners: list[str]) -> list[str]:
-        from sweep_service.plugins import load_plugins
+        from sweep_service.plugins import PluginError, load_plugins
 
-        known = sorted(load_plugins())
-        unknown = [p for p in pruners if p not in known]
+        try:
+            plugins = load_plugins()
+        except PluginError as exc:
+            raise ValueError(str(exc)) from None
+        unknown = [p for p in pruners if p not in plugins]
         if unknown:
-            raise ValueError(
-                f"unknown pruner(s) {unknown}; known pruners: {', '.join(known)} "
-                "(see `python -m sweep_service plugins list`)"
-            )
+            raise ValueError(plugins.unknown(unknown) + " (see `python -m sweep_service plugins list`)")
         if len(set(pruners)) != len(pruners):
             raise ValueError(f"pruners repeat a name: {pruners}")
         return pruners
@@ -296,9 +322,15 @@ def read_config_file(path: str | Path) -> Any:
     """The YAML document of a config file (not yet validated: see parse_config)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist" if not path.exists()
+                          else f"config file {path} is not a file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if data is None:

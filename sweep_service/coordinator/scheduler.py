@@ -11,7 +11,12 @@ Order of work:
 - then the longest trial first (an estimate fitted per model to its finished trials), and
   for the last few, the one after which the rest would end soonest (`pick_next`), so
   that the slots finish together instead of one long trial running alone at the end.
-A trial whose worker died goes back to the queue up to `max_retries` times.
+A trial whose worker died goes back to the queue up to `max_retries` times; one that runs
+longer than `time_limit_s` is `overdue` (the dispatcher cancels it and records why).
+
+Where a task can run is counted node by node (`node_slots`): a trial cannot span nodes, so
+a request no single node can hold waits for ever, however many CPUs the cluster has in
+total; `unplaceable` names those tasks.
 """
 from __future__ import annotations
 
@@ -51,6 +56,36 @@ class FormatProbe:
 
 
 Task = Union[TrialSpec, FormatProbe]
+Request = tuple[float, float]  # (CPUs, GPUs) a task asks for
+
+
+def request_of(task: Task) -> Request:
+    spec = task.spec if task.kind == PROBE else task
+    return spec.cpus, spec.gpus
+
+
+def describe_request(request: Request) -> str:
+    cpus, gpus = request
+    return f"{cpus:g} CPU(s)" + (f" and {gpus:g} GPU(s)" if gpus else "")
+
+
+def node_slots(resources: dict[str, float], cpus: float, gpus: float) -> int:
+    """How many tasks asking for `cpus` CPUs and `gpus` GPUs fit on one node offering
+    `resources` (Ray's resource dict of the node)."""
+    slots = int(resources.get("CPU", 0) // cpus) if cpus > 0 else math.inf
+    if gpus > 0:
+        slots = min(slots, int(resources.get("GPU", 0) // gpus))
+    return 0 if slots == math.inf else int(slots)
+
+
+def unplaceable(tasks: Iterable[Task], nodes: list[dict[str, float]]) -> dict[Request, list[Task]]:
+    """The tasks that no node of `nodes` (each node's resource dict) can run, by request."""
+    waiting: dict[Request, list[Task]] = {}
+    for task in tasks:
+        request = request_of(task)
+        if not any(node_slots(node, *request) for node in nodes):
+            waiting.setdefault(request, []).append(task)
+    return waiting
 
 
 @dataclass(frozen=True)
@@ -107,13 +142,15 @@ class Scheduler:
     """The sweep's queue. `specs`: every trial of the sweep, in grid order; `done`: keys of
     trials finished in an earlier run that need not run again; `checkpoints`: keys of
     completed baselines whose checkpoint can be handed to their trials; `formats`: each
-    model's known training format, or None if the sweep fixes one (no probes)."""
+    model's known training format, or None if the sweep fixes one (no probes);
+    `time_limit_s`: how long a task may run, from its start."""
 
     specs: list[TrialSpec]
     done: set[str] = field(default_factory=set)
     checkpoints: set[str] = field(default_factory=set)
     formats: dict[str, str] | None = None
     max_retries: int = 2
+    time_limit_s: float = math.inf
 
     def __post_init__(self) -> None:
         # A completed baseline whose checkpoint is gone is trained again: its trials need it.
@@ -181,6 +218,14 @@ class Scheduler:
         if math.inf in busy:
             return ready[longest]
         return ready[pick_next(estimates, busy)]
+
+    def overdue(self, now: float) -> list[Task]:
+        """Running tasks that have used up their time limit (`time_limit_s`)."""
+        return [r.task for r in self.running.values() if now - r.started >= self.time_limit_s]
+
+    def unfinished(self) -> list[Task]:
+        """Tasks still to run (probes and trials), running ones included."""
+        return [*self.probes, *self.todo]
 
     # what happened ------------------------------------------------------------------------
     def start(self, task: Task, now: float) -> None:

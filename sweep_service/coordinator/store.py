@@ -1,15 +1,27 @@
-"""Results store: SQLite through SQLAlchemy. The coordinator is its only writer.
+"""Results store: SQLite through SQLAlchemy.
 
-One row per sweep in `sweeps` (its config, data set, weights and library versions) and
-one row per trial in `trials`, unique on (sweep_id, key): a re-run of the same config
-finds its finished trials, and a trial is never recorded twice.
+One row per sweep in `sweeps` (its config, data set, weights and library versions), one
+row per trial in `trials`, unique on (sweep_id, key): a re-run of the same config finds
+its finished trials, and a trial is never recorded twice. `sweep_locks` says which
+coordinator runs a sweep (sweep_service.coordinator.lock): each sweep has one writer.
+
+Only `run` writes (`ResultStore(path)`), and only to a file that is the service's: the file
+is marked with SQLite's `application_id` and its schema version with `user_version`, and a
+database of another program is refused by name before anything touches it. `status`,
+`report`, `recommend` and `export` open the file read-only (`ResultStore.open_read_only`):
+they never create a database, change its schema or its journal mode, and they read one on
+read-only media.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sqlite3
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from sqlalchemy import (
     Float,
@@ -19,14 +31,35 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
+    insert,
     inspect,
     select,
     text,
+    update,
 )
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import NullPool
 
 from sweep_service.spec import BASELINE, COMPLETED, PENDING, PRUNED, RUNNING, STATUSES
+
+# SQLite's `application_id` header field marks a file as a sweep-service database ("SwpS").
+APPLICATION_ID = int.from_bytes(b"SwpS", "big")
+# `user_version`: the schema this version writes. Raised with every schema change; `run`
+# upgrades older files (columns and tables are only ever added) and refuses newer ones.
+SCHEMA_VERSION = 2
+# Files written before the marks existed (application_id 0) are the service's if they hold
+# these tables with these columns.
+_OWN_COLUMNS = {"sweeps": {"sweep_id", "config_json"}, "trials": {"sweep_id", "key", "spec_json"}}
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+BUSY_TIMEOUT_MS = 5000
+
+
+class StoreError(Exception):
+    """The database cannot be used as asked; the message names the file and what to do."""
 
 
 def utcnow() -> datetime:
@@ -121,6 +154,21 @@ class TrialRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class SweepLockRow(Base):
+    """Which coordinator runs a sweep (sweep_service.coordinator.lock): one row while it runs."""
+
+    __tablename__ = "sweep_locks"
+
+    sweep_id: Mapped[str] = mapped_column(String, primary_key=True)
+    token: Mapped[str] = mapped_column(String)  # the holder's own id: it refreshes and releases only its lock
+    host: Mapped[str] = mapped_column(String)
+    pid: Mapped[int] = mapped_column(Integer)
+    # The holder's start time (seconds since the epoch): a pid reused by another process is not the holder.
+    pid_started: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column()
+    heartbeat_at: Mapped[datetime] = mapped_column()
+
+
 # Result fields a worker may report; everything else in a row is the coordinator's.
 RESULT_FIELDS = tuple(
     c.name
@@ -131,15 +179,27 @@ RESULT_FIELDS = tuple(
 
 
 class ResultStore:
-    """Thin repository over the SQLite file; every method is one short transaction."""
+    """Thin repository over the SQLite file; every method is one short transaction.
 
-    def __init__(self, path: str | Path):
+    `ResultStore(path)` opens the file for `run`: it creates it, or checks that it is the
+    service's, and brings its schema up to date. `ResultStore.open_read_only(path)` is for
+    everything else. Both raise StoreError with a message for the user.
+    """
+
+    def __init__(self, path: str | Path, *, read_only: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(f"sqlite:///{self.path}", future=True)
-        event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
-        _add_new_columns(self.engine)
+        self.engine = _open_for_reading(self.path) if read_only else _open_for_writing(self.path)
+        try:
+            schema = inspect(self.engine)
+            self._columns = {name: {c["name"] for c in schema.get_columns(name)}
+                             for name in schema.get_table_names()}
+        except DBAPIError as exc:
+            self.engine.dispose()
+            raise StoreError(_problem(self.path, exc.orig)) from None
+
+    @classmethod
+    def open_read_only(cls, path: str | Path) -> "ResultStore":
+        return cls(path, read_only=True)
 
     def __enter__(self) -> "ResultStore":
         return self
@@ -152,11 +212,27 @@ class ResultStore:
         log into the database file)."""
         self.engine.dispose()
 
-    @classmethod
-    def open_existing(cls, path: str | Path) -> "ResultStore":
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"no results database at {path}; run a sweep first or pass --db")
-        return cls(path)
+    # reading, tolerant of an older file's schema (read-only commands do not upgrade it) --
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A connection to read with; a file damaged past its header is a StoreError."""
+        try:
+            with self.engine.connect() as connection:
+                yield connection
+        except DBAPIError as exc:
+            raise StoreError(_problem(self.path, exc.orig)) from None
+
+    def _select(self, model: type[Base]):
+        present = self._columns.get(model.__tablename__, set())
+        return select(*[c for c in model.__table__.columns if c.name in present])
+
+    @staticmethod
+    def _as_dict(model: type[Base], row) -> dict[str, Any]:
+        mapping = row._mapping
+        return {c.name: mapping.get(c.name) for c in model.__table__.columns}
+
+    def _has(self, model: type[Base]) -> bool:
+        return model.__tablename__ in self._columns
 
     # sweeps ---------------------------------------------------------------
     def begin_sweep(self, *, sweep_id: str, name: str, config_json: str, dataset: str,
@@ -181,8 +257,8 @@ class ResultStore:
 
     def formats(self, sweep_id: str) -> dict[str, dict[str, Any]]:
         """Each model's measured training format (`compute: auto`), by model name."""
-        with Session(self.engine) as s:
-            return json.loads(s.get(SweepRow, sweep_id).formats_json or "{}")
+        sweep = self._sweep_row(sweep_id)
+        return json.loads((sweep or {}).get("formats_json") or "{}")
 
     def set_format(self, sweep_id: str, model: str, fastest: str, timings: dict[str, float]) -> None:
         with Session(self.engine) as s, s.begin():
@@ -191,23 +267,32 @@ class ResultStore:
             formats[model] = {"format": fastest, "timings": timings}
             row.formats_json = json.dumps(formats, sort_keys=True)
 
+    def _sweep_row(self, sweep_id: str) -> dict[str, Any] | None:
+        if not self._has(SweepRow):
+            return None
+        with self._reading() as c:
+            row = c.execute(self._select(SweepRow).where(SweepRow.sweep_id == sweep_id)).first()
+        return None if row is None else self._as_dict(SweepRow, row)
+
     def sweep(self, sweep_id: str | None = None) -> dict[str, Any]:
         """The given sweep, or the most recently started one."""
-        with Session(self.engine) as s:
-            if sweep_id is None:
-                row = s.scalars(select(SweepRow).order_by(SweepRow.started_at.desc())).first()
-                if row is None:
-                    raise LookupError(f"{self.path} holds no sweep yet")
-            else:
-                row = s.get(SweepRow, sweep_id)
-                if row is None:
-                    known = s.scalars(select(SweepRow.sweep_id)).all()
-                    raise LookupError(f"no sweep {sweep_id!r} in {self.path}; known: {', '.join(known)}")
-            return _as_dict(row)
+        if sweep_id is not None:
+            row = self._sweep_row(sweep_id)
+            if row is None:
+                known = [s["sweep_id"] for s in self.sweeps()]
+                raise LookupError(f"no sweep {sweep_id!r} in {self.path}; known: {', '.join(known) or 'none'}")
+            return row
+        sweeps = self.sweeps()
+        if not sweeps:
+            raise LookupError(f"{self.path} holds no sweep yet")
+        return max(sweeps, key=lambda s: s["started_at"] or datetime.min)
 
     def sweeps(self) -> list[dict[str, Any]]:
-        with Session(self.engine) as s:
-            return [_as_dict(r) for r in s.scalars(select(SweepRow).order_by(SweepRow.started_at))]
+        if not self._has(SweepRow):
+            return []
+        with self._reading() as c:
+            rows = c.execute(self._select(SweepRow).order_by(SweepRow.started_at)).all()
+        return [self._as_dict(SweepRow, r) for r in rows]
 
     # trials ---------------------------------------------------------------
     def add_trials(self, sweep_id: str, specs: Iterable[Any]) -> int:
@@ -229,7 +314,7 @@ class ResultStore:
             return len(new)
 
     def reset_unfinished(self, sweep_id: str) -> int:
-        """Trials left `running` by a coordinator that died go back to `pending`."""
+        """Trials left `running` by a coordinator that stopped go back to `pending`."""
         with Session(self.engine) as s, s.begin():
             rows = s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id,
                                                     TrialRow.status == RUNNING)).all()
@@ -274,14 +359,16 @@ class ResultStore:
                                      else row.baseline_accuracy - row.accuracy)
 
     def trials(self, sweep_id: str, *, status: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
-        with Session(self.engine) as s:
-            query = select(TrialRow).where(TrialRow.sweep_id == sweep_id)
-            if status:
-                query = query.where(TrialRow.status == status)
-            if kind:
-                query = query.where(TrialRow.kind == kind)
-            query = query.order_by(TrialRow.model, TrialRow.pruner, TrialRow.rate, TrialRow.seed)
-            return [_as_dict(r) for r in s.scalars(query)]
+        if not self._has(TrialRow):
+            return []
+        query = self._select(TrialRow).where(TrialRow.sweep_id == sweep_id)
+        if status:
+            query = query.where(TrialRow.status == status)
+        if kind:
+            query = query.where(TrialRow.kind == kind)
+        with self._reading() as c:
+            rows = c.execute(query.order_by(TrialRow.model, TrialRow.pruner, TrialRow.rate, TrialRow.seed)).all()
+        return [self._as_dict(TrialRow, r) for r in rows]
 
     def counts(self, sweep_id: str) -> dict[str, int]:
         rows = self.trials(sweep_id)
@@ -290,6 +377,202 @@ class ResultStore:
     @staticmethod
     def _row(s: Session, sweep_id: str, key: str) -> TrialRow:
         return s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id, TrialRow.key == key)).one()
+
+    # the sweep's lock (its policy is sweep_service.coordinator.lock) ---------------------
+    def lock_holder(self, sweep_id: str) -> dict[str, Any] | None:
+        """The lock row of `sweep_id`, or None if no coordinator holds it."""
+        if not self._has(SweepLockRow):
+            return None
+        with self._reading() as c:
+            row = c.execute(self._select(SweepLockRow).where(SweepLockRow.sweep_id == sweep_id)).first()
+        return None if row is None else self._as_dict(SweepLockRow, row)
+
+    def insert_lock(self, holder: dict[str, Any]) -> bool:
+        """Take the lock of a sweep nobody holds; False if a row is there already."""
+        try:
+            with self.engine.begin() as c:
+                c.execute(insert(SweepLockRow).values(**holder))
+        except IntegrityError:
+            return False
+        return True
+
+    def replace_lock(self, sweep_id: str, old_token: str, holder: dict[str, Any]) -> bool:
+        """Take over the lock from the holder `old_token`; False if it changed meanwhile."""
+        with self.engine.begin() as c:
+            done = c.execute(update(SweepLockRow).where(SweepLockRow.sweep_id == sweep_id,
+                                                        SweepLockRow.token == old_token).values(**holder))
+        return done.rowcount == 1
+
+    def refresh_lock(self, sweep_id: str, token: str, at: datetime) -> bool:
+        """The holder's heartbeat; False if the lock is no longer `token`'s."""
+        with self.engine.begin() as c:
+            done = c.execute(update(SweepLockRow).where(SweepLockRow.sweep_id == sweep_id,
+                                                        SweepLockRow.token == token).values(heartbeat_at=at))
+        return done.rowcount == 1
+
+    def delete_lock(self, sweep_id: str, token: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(delete(SweepLockRow).where(SweepLockRow.sweep_id == sweep_id, SweepLockRow.token == token))
+
+
+# opening the file ---------------------------------------------------------------------------
+def _open_for_writing(path: Path):
+    """An engine for `run`: the file created, or checked to be ours and brought up to date."""
+    if path.is_dir():
+        raise StoreError(f"the database path {path} is a folder; give a file path, e.g. --db {path / 'sweep.db'}")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the folder {folder} for the database {path}: {exc.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot write the database {path}: its folder {folder} is read-only (SQLite writes "
+                         "its journal beside the database); choose a writable place with --db")
+    if path.exists():
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise StoreError(f"cannot write the database {path}: the file is read-only; "
+                             "choose another file with --db")
+        _check_header(path)
+    try:
+        _, version = _inspect(path, f"{path.resolve().as_uri()}?mode=rwc", integrity=True)
+    except sqlite3.OperationalError as exc:
+        raise StoreError(_problem(path, exc)) from None
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path} was written by a newer sweep-service (schema version {version}; this one "
+                         f"writes {SCHEMA_VERSION}): run the sweep with that version, or pass another --db")
+    engine = create_engine(f"sqlite:///{path}", future=True)
+    event.listen(engine, "connect", _writer_pragmas)
+    try:
+        _create_or_upgrade(engine)
+        with engine.begin() as c:
+            c.exec_driver_sql(f"PRAGMA application_id = {APPLICATION_ID}")
+            c.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except DBAPIError as exc:
+        engine.dispose()
+        raise StoreError(_problem(path, exc.orig)) from None
+    return engine
+
+
+def _create_or_upgrade(engine) -> None:
+    """Create the missing tables and columns. Another coordinator (of another sweep) may make
+    the same table or column between our look and our change: then look again."""
+    for attempt in range(3):
+        try:
+            Base.metadata.create_all(engine)
+            _add_new_columns(engine)
+            return
+        except OperationalError as exc:
+            if attempt == 2 or not any(text in str(exc.orig) for text in ("already exists", "duplicate column")):
+                raise
+
+
+def _open_for_reading(path: Path):
+    """An engine whose connections cannot write, on a file checked to be ours.
+
+    Opened read-write with writes refused (`query_only`), the connection sees what a running
+    coordinator has not yet folded into the file, and the last one to close leaves no
+    journal files behind. Where the file or its folder cannot be written (read-only media)
+    it is opened read-only, and where SQLite cannot even make its shared-memory index there,
+    as immutable.
+    """
+    if path.is_dir():
+        raise StoreError(f"the database path {path} is a folder; pass the database file, e.g. --db {path / 'sweep.db'}")
+    if not path.is_file():
+        raise StoreError(f"no results database at {path}; run a sweep first or pass --db")
+    _check_header(path)
+    base = path.resolve().as_uri()
+    problem = None
+    for uri in (f"{base}?mode=rw", f"{base}?mode=ro", f"{base}?mode=ro&immutable=1"):
+        try:
+            kind, _ = _inspect(path, uri)
+        except sqlite3.OperationalError as exc:  # cannot open this way: try the next
+            problem = exc
+            continue
+        if kind == "empty":
+            raise StoreError(f"{path} holds no sweep yet")
+        engine = create_engine("sqlite://", creator=lambda uri=uri: _read_only_connection(uri), poolclass=NullPool)
+        if uri.endswith("immutable=1") and Path(f"{path}-wal").is_file() and Path(f"{path}-wal").stat().st_size:
+            print(f"warning: {path} is read without its write-ahead log {path}-wal (read-only media): "
+                  "the latest results may be missing", file=sys.stderr)
+        return engine
+    raise StoreError(_problem(path, problem))
+
+
+def _read_only_connection(uri: str) -> sqlite3.Connection:
+    connection = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    connection.execute("PRAGMA query_only = 1")
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return connection
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a file that is not SQLite or is marked as another application's, from its
+    header alone (before SQLite opens it)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror}") from None
+    if not header:
+        return  # an empty file: SQLite makes it a new database
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise StoreError(f"{path} is not an SQLite database (damaged, or another kind of file); "
+                         "pass --db with a sweep's results database, or a new path")
+    application_id = int.from_bytes(header[68:72], "big", signed=True)
+    if application_id not in (0, APPLICATION_ID):
+        raise StoreError(f"{path} is another application's SQLite database (application_id {application_id:#x}), "
+                         "not a sweep-service results database; pass another --db")
+
+
+def _inspect(path: Path, uri: str, *, integrity: bool = False) -> tuple[str, int]:
+    """("ours" | "empty", schema version) of the database at `uri`, without changing it.
+    Raises StoreError for a database of another program or a damaged one, and
+    sqlite3.OperationalError if SQLite cannot open it this way."""
+    connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        connection.execute("PRAGMA query_only = 1")
+        try:
+            application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            names = [r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                                      "AND name NOT LIKE 'sqlite_%'")]
+            tables = {n: {r[1] for r in connection.execute(f'PRAGMA table_info("{n}")')} for n in names}
+            damaged = integrity and tables and connection.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok"
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
+                raise
+            raise StoreError(_problem(path, exc)) from None
+    finally:
+        connection.close()
+    if damaged:
+        raise StoreError(f"the database {path} is damaged (SQLite's quick_check failed); restore a copy "
+                         "or pass another --db")
+    if application_id == APPLICATION_ID:
+        return "ours", version
+    if application_id != 0:
+        raise StoreError(f"{path} is another application's SQLite database (application_id {application_id:#x}), "
+                         "not a sweep-service results database; pass another --db")
+    if not tables:
+        return "empty", version
+    if all(name in tables and columns <= tables[name] for name, columns in _OWN_COLUMNS.items()):
+        return "ours", version  # written before the file was marked
+    raise StoreError(f"{path} is not a sweep-service results database: it holds another program's tables "
+                     f"({', '.join(sorted(tables))}); pass another --db")
+
+
+def _problem(path: Path, exc: BaseException | None) -> str:
+    """What an SQLite error means for the user, naming the file."""
+    message = str(exc) if exc else "unknown error"
+    meanings = {
+        "file is not a database": f"{path} is not an SQLite database (damaged, or another kind of file)",
+        "malformed": f"the database {path} is damaged ({message}); restore a copy or pass another --db",
+        "readonly": f"cannot write the database {path}: {message}; choose a writable place with --db",
+        "disk is full": f"cannot write the database {path}: the disk is full",
+        "locked": f"the database {path} is locked by another program ({message}); try again later",
+        "unable to open": f"cannot open the database {path} ({message}); check that it and its folder "
+                          "can be read",
+    }
+    return next((text for key, text in meanings.items() if key in message), f"the database {path}: {message}")
 
 
 def _add_new_columns(engine) -> None:
@@ -307,13 +590,9 @@ def _add_new_columns(engine) -> None:
                     connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _writer_pragmas(dbapi_connection, _record) -> None:
     # WAL lets `status` and `report` read while the coordinator writes.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.close()
-
-
-def _as_dict(row: Base) -> dict[str, Any]:
-    return {c.name: getattr(row, c.name) for c in row.__table__.columns}

@@ -1,50 +1,83 @@
 """The coordinator: expands the grid, dispatches trials to Ray, records results.
 
-It is the only writer of the results database. What runs when is the scheduler's
-decision (sweep_service.coordinator.scheduler); this module connects it to Ray: it keeps
-as many tasks in flight as the cluster's nodes have slots for (so `running` in the
-database means running), records each result as it arrives, hands each completed
-baseline's checkpoint to its pruned trials, and redraws the report now and then. A trial
-that fails in its own code comes back as a failed result and the sweep goes on; a trial
-whose worker died is retried (`max_retries`).
+It is the only writer of its sweep in the results database (it holds the sweep's lock,
+sweep_service.coordinator.lock, while it runs). What runs when is the scheduler's decision
+(sweep_service.coordinator.scheduler); this module connects it to Ray: it keeps as many
+tasks in flight as the cluster's nodes have slots for (so `running` in the database means
+running), records each result as it arrives, hands each completed baseline's checkpoint to
+its pruned trials, and redraws the report now and then.
+
+Nothing that goes wrong on the coordinator's side loses a result or stops the sweep: a
+trial that fails in its own code comes back as a failed result; a trial whose worker died
+is retried (`max_retries`); a trial that runs past `trial_timeout_s` is cancelled and
+recorded with the phase it was in; a model that cannot be saved (a full disk) fails its
+trial with the reason and keeps its figures. A stop (SIGINT or SIGTERM,
+sweep_service.coordinator.stopping) or a crash leaves the sweep `interrupted` and its
+unfinished trials `pending`, ready to resume.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from model_zoo import WeightsUnavailableError
 from model_zoo._registry import fetch_imagenet_weights
-from sweep_service.coordinator.cluster import cluster_slots, start_ray
+from sweep_service.coordinator import stopping
+from sweep_service.coordinator.cluster import describe_nodes, joined_cluster, live_nodes, start_ray
 from sweep_service.coordinator.config import SweepConfig
 from sweep_service.coordinator.grid import expand
-from sweep_service.coordinator.scheduler import PROBE, FormatProbe, Scheduler, Task, completed_in_order
+from sweep_service.coordinator.lock import STALE_AFTER_S, SweepLock
+from sweep_service.coordinator.scheduler import (
+    PROBE,
+    FormatProbe,
+    Request,
+    Scheduler,
+    Task,
+    completed_in_order,
+    describe_request,
+    node_slots,
+    unplaceable,
+)
 from sweep_service.coordinator.store import ResultStore
 from sweep_service.files import write_atomic
 from sweep_service.plugins import plugins_dir
 from sweep_service.provenance import describe_commit, folder_digest, library_versions, source_commit
 from sweep_service.quiet import silence_libraries
+from sweep_service.report.status import StatusFile
 from sweep_service.spec import BASELINE, COMPLETED, FAILED, TrialSpec
 from sweep_service.worker import data as datasets
 from sweep_service.worker.compute import AUTO
+from sweep_service.worker.progress import TrialPhases
 from sweep_service.worker.trial import measure_formats, run_on_worker
 
 # The report is redrawn after a result at most this often while trials run (it shares the
 # cores with them), and once at the end.
 REPORT_INTERVAL_S = 60.0
-# How long to wait for a cluster without room for a trial to gain a node that has it.
-WORKER_WAIT_S = 600.0
+# On a stop, the report is redrawn only if its last drawing took less than this: a stop must
+# end within the 10 s that `docker stop` and Compose give before they kill the process.
+STOP_REPORT_S = 3.0
 POLL_S = 2.0
 
 
 class SweepAborted(RuntimeError):
-    """The sweep cannot start (data or weights missing, no Ray workers...)."""
+    """The sweep cannot go on (data or weights missing, no Ray node can hold a trial...)."""
+
+    exit_code = 1
+
+
+class SetupError(SweepAborted):
+    """The config cannot run here (its output folder cannot be written, or no node of this
+    machine's cluster can hold a trial): found before anything is recorded."""
+
+    exit_code = 2
 
 
 @dataclass
@@ -70,12 +103,16 @@ def prepare_inputs(config: SweepConfig) -> Path:
         root = datasets.prepare(config.dataset, config.data_root)
     except datasets.DatasetUnavailableError as exc:
         raise SweepAborted(str(exc)) from None
+    except OSError as exc:
+        raise SetupError(f"cannot use the data folder {config.data_root}: {exc}") from None
     if config.weights == "imagenet":
         for model in config.models:
             try:
                 fetch_imagenet_weights(model, config.weights_dir)
             except WeightsUnavailableError as exc:
                 raise SweepAborted(str(exc)) from None
+            except OSError as exc:
+                raise SetupError(f"cannot use the weights folder {config.weights_dir}: {exc}") from None
     return root / datasets.CIFAR_DIR
 
 
@@ -91,11 +128,70 @@ def sweep_provenance(data_folder: Path, earlier: dict[str, Any]) -> dict[str, An
     return found
 
 
+def check_output_dir(output_dir: Path) -> None:
+    """The folder for models and the report must be writable before any trial runs."""
+    try:
+        (output_dir / "models").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SetupError(f"cannot create the output folder {output_dir / 'models'}: {exc.strerror or exc}; "
+                         "set `output_dir` (or --out) to a writable folder") from None
+    if not os.access(output_dir / "models", os.W_OK | os.X_OK):
+        raise SetupError(f"the output folder {output_dir} is not writable; set `output_dir` (or --out) "
+                         "to a writable folder")
+
+
+def check_local_cluster(ray, scheduler: Scheduler) -> None:
+    """On this machine's own cluster, which cannot grow, a request that no node can hold is
+    an error at once."""
+    nodes = live_nodes(ray)
+    waiting = unplaceable(scheduler.unfinished(), [node["Resources"] for node in nodes])
+    if waiting:
+        raise SetupError(f"no trial can run on this machine: {_what_waits(waiting)}, and the local Ray "
+                         f"cluster offers {describe_nodes(nodes)}. Lower `resources` in the config, or "
+                         "join a larger cluster with RAY_ADDRESS")
+
+
+def _what_waits(waiting: dict[Request, list[Task]]) -> str:
+    parts = []
+    for request, tasks in waiting.items():
+        labels = ", ".join(t.label for t in tasks[:3]) + (", ..." if len(tasks) > 3 else "")
+        parts.append(f"{len(tasks)} trial(s) ({labels}) ask for {describe_request(request)} on one node")
+    return "; ".join(parts)
+
+
+class Report:
+    """The sweep's report folder: redrawn from the database, timed, announced in status.json."""
+
+    def __init__(self, database: Path, folder: Path, sweep_id: str, status: StatusFile):
+        self.database, self.folder, self.sweep_id, self.status = database, folder, sweep_id, status
+        self.seconds: float | None = None  # how long the last drawing took
+
+    def draw(self) -> Path | None:
+        """Rewrite the report; a report problem is logged, never the end of a sweep."""
+        from sweep_service.report import write_report
+
+        started, drawn_at = time.perf_counter(), time.time()
+        try:
+            index = write_report(self.database, self.folder, sweep_id=self.sweep_id)
+        except Exception as exc:
+            print(f"warning: could not write the report in {self.folder}: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            return None
+        self.seconds = time.perf_counter() - started
+        # Before the page was rendered: an open page reloads when this is newer than itself.
+        self.status.write(report_unix=drawn_at)
+        return index
+
+    @property
+    def quick(self) -> bool:
+        return self.seconds is not None and self.seconds < STOP_REPORT_S
+
+
 class Dispatcher:
     """Runs the scheduler's tasks on Ray and records what comes back."""
 
     def __init__(self, ray, config: SweepConfig, store: ResultStore, sweep_id: str, scheduler: Scheduler,
-                 bar: tqdm):
+                 bar: tqdm, lock: SweepLock, report: Report):
         self.ray = ray
         self.config = config
         self.store = store
@@ -103,34 +199,40 @@ class Dispatcher:
         self.scheduler = scheduler
         self.bar = bar
         self.several_seeds = len(config.run_seeds) > 1
+        self.lock = lock
+        self.report = report
         resources = dict(num_cpus=config.resources.cpus, num_gpus=config.resources.gpus, max_retries=0)
         self.trial_task = ray.remote(run_on_worker).options(**resources, retry_exceptions=False)
         self.probe_task = ray.remote(measure_formats).options(**resources)
-        self.in_flight: dict[Any, tuple[Task, float]] = {}  # ObjectRef -> (task, submitted at)
+        # On the coordinator's node, without CPUs: it must not take a trial's slot.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.phases = ray.remote(TrialPhases).options(num_cpus=0, scheduling_strategy=here).remote()
+        self.in_flight: dict[Any, Task] = {}  # ObjectRef -> task
+        self.submitted: dict[str, float] = {}  # task key -> when it was submitted
         self.checkpoints: dict[str, Any] = {}  # baseline key -> ObjectRef of its state_dict bytes
         self.failed: list[str] = []
         self.ran = 0
         self.logged = 0
         self.started = time.time()
         self.models_dir = config.output_dir / "models"
-        self.models_dir.mkdir(parents=True, exist_ok=True)
 
-    def run(self, report_dir: Path) -> None:
+    def run(self) -> None:
         last_report = time.time()
-        waited_since = None
+        waiting_since = None
+        cpus, gpus = self.config.resources.cpus, self.config.resources.gpus
         while not self.scheduler.finished:
-            slots = cluster_slots(self.ray, self.config.resources.cpus, self.config.resources.gpus)
+            if self.lock.lost.is_set():
+                raise SweepAborted(f"another coordinator took over sweep {self.sweep_id} (this one could not "
+                                   "refresh its lock in time); this one stops and leaves the sweep to it")
+            if self.cancel_overdue():
+                continue
+            nodes = live_nodes(self.ray)
+            slots = sum(node_slots(node["Resources"], cpus, gpus) for node in nodes)
             if slots == 0 and not self.in_flight:
-                if waited_since is None:
-                    waited_since = time.time()
-                    self.bar.write("waiting for Ray workers to join ...")
-                elif time.time() - waited_since > WORKER_WAIT_S:
-                    gpus = f"and {self.config.resources.gpus} GPU(s) " if self.config.resources.gpus else ""
-                    raise SweepAborted(f"no Ray node offers {self.config.resources.cpus} CPU(s) {gpus}for a "
-                                       f"trial after {WORKER_WAIT_S:.0f} s; start workers or lower `resources`")
+                waiting_since = self.wait_for_nodes(nodes, waiting_since)
                 time.sleep(POLL_S)
                 continue
-            waited_since = None
+            waiting_since = None
             for task in self.scheduler.next(slots - len(self.in_flight), time.time()):
                 self.submit(task)
             if not self.in_flight:
@@ -138,24 +240,71 @@ class Dispatcher:
                                    "(this is a bug; run the sweep again to resume)")
             done, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=POLL_S)
             for ref in done:
-                self.collect(ref)
+                with stopping.deferred():  # a result that came back is recorded whole
+                    self.collect(ref)
                 if time.time() - last_report > REPORT_INTERVAL_S:
-                    refresh_report(self.config.database, report_dir, self.sweep_id)
+                    self.report.draw()
                     last_report = time.time()
 
+    def wait_for_nodes(self, nodes: list[dict], since: float | None) -> float:
+        """No node can hold a trial now: say which trials wait for what, and give up after
+        `node_wait_s` (workers may still be joining a cluster, or an autoscaler adding one).
+        This machine's own cluster cannot grow: there, give up at once."""
+        waiting = unplaceable(self.scheduler.unfinished(), [node["Resources"] for node in nodes])
+        what = _what_waits(waiting) or "the trials wait for a node"
+        if not joined_cluster():  # checked at the start: the machine's own node has gone
+            raise SweepAborted(f"the local Ray cluster lost its node: {what}, and it offers {describe_nodes(nodes)}; "
+                               "run the sweep again to resume")
+        if since is None:
+            self.bar.write(f"waiting for Ray nodes: {what}; the cluster offers {describe_nodes(nodes)} "
+                           f"(giving up after {self.config.node_wait_s:.0f} s, `node_wait_s`)")
+            return time.time()
+        if time.time() - since > self.config.node_wait_s:
+            raise SweepAborted(f"no Ray node could hold a trial for {self.config.node_wait_s:.0f} s: {what}; the "
+                               f"cluster offers {describe_nodes(nodes)}. Start workers with enough resources or "
+                               "lower `resources`, then run the sweep again to resume")
+        return since
+
     def submit(self, task: Task) -> None:
+        self.phases.forget.remote(task.key)
         if task.kind == PROBE:
             ref = self.probe_task.remote(task.spec)
         else:
             checkpoint = self.checkpoints.get(task.baseline_key) if task.baseline_key else None
             ref = self.trial_task.remote(task, [checkpoint] if checkpoint else [], str(plugins_dir()),
                                          self.scheduler.formats[task.model] if self.scheduler.formats is not None
-                                         else task.compute)
+                                         else task.compute, self.phases)
             self.store.mark_running(self.sweep_id, task.key)
-        self.in_flight[ref] = (task, time.time())
+        self.in_flight[ref] = task
+        self.submitted[task.key] = time.time()
+
+    def cancel_overdue(self) -> bool:
+        """Cancel the tasks that ran past `trial_timeout_s` and record why; True if any."""
+        overdue = {task.key for task in self.scheduler.overdue(time.time())}
+        for ref, task in [(ref, task) for ref, task in self.in_flight.items() if task.key in overdue]:
+            phase = self._phase_of(task)
+            self.ray.cancel(ref, force=True)
+            del self.in_flight[ref]
+            reason = (f"timeout after {self.config.trial_timeout_s:.0f} s in phase {phase} (`trial_timeout_s`); "
+                      "the trial was cancelled")
+            with stopping.deferred():
+                if task.kind == PROBE:
+                    self._probe_done(task, None, reason)
+                else:
+                    self._record(task, {"status": FAILED, "error": reason})
+        return bool(overdue)
+
+    def _phase_of(self, task: Task) -> str:
+        if task.kind == PROBE:
+            return "probe"
+        try:
+            phase = self.ray.get(self.phases.phase.remote(task.key), timeout=5)
+        except Exception:  # the phase is only for the message: the cancel goes ahead
+            return "unknown"
+        return phase or "waiting for a worker"
 
     def collect(self, ref) -> None:
-        task, submitted = self.in_flight.pop(ref)
+        task = self.in_flight.pop(ref)
         try:
             output = self.ray.get(ref)
         except Exception as exc:  # the worker died: a trial's own errors come back as results
@@ -165,30 +314,42 @@ class Dispatcher:
             output = None
             lost = f"worker lost: {type(exc).__name__}: {exc}"
         if task.kind == PROBE:
-            self._probe_done(task, output)
+            self._probe_done(task, output, "worker lost")
             return
         if output is None:
-            result, artifact = {"status": FAILED, "error": lost}, None
-        else:
-            result, artifact = output.result, output.artifact
-            result["time_wait_s"] = max(0.0, output.started_at - submitted)
+            self._record(task, {"status": FAILED, "error": lost})
+            return
+        result, artifact = output.result, output.artifact
+        result["time_wait_s"] = max(0.0, output.started_at - self.submitted[task.key])
         if result["status"] == COMPLETED and artifact is not None:
-            result["artifact_path"] = str(self._save(task, artifact))
-            if task.kind == BASELINE:
-                self.checkpoints[task.key] = self.ray.put(artifact)
-        self.store.record(self.sweep_id, task.key, result)
+            path = self._model_path(task)
+            try:
+                write_atomic(path, artifact)
+            except OSError as exc:
+                result.update(status=FAILED, error=f"saving the model to {path} failed: {exc.strerror or exc}; the "
+                                                   "trial's figures are kept, its model is not (free space there, "
+                                                   "or set `output_dir`, and run the sweep again)")
+            else:
+                result["artifact_path"] = str(path)
+                if task.kind == BASELINE:
+                    self.checkpoints[task.key] = self.ray.put(artifact)
+        self._record(task, result)
+
+    def _record(self, spec: TrialSpec, result: dict[str, Any]) -> None:
+        """Store a trial's end, tell the scheduler, and record the trials it leaves unrun."""
+        self.store.record(self.sweep_id, spec.key, result)
         self.store.link_baselines(self.sweep_id)
         self.ran += 1
-        self._log(task, result)
-        for not_run in self.scheduler.trial_done(task, result["status"], result):
+        self._log(spec, result)
+        for not_run in self.scheduler.trial_done(spec, result["status"], result):
             self.skip(not_run.spec, not_run.reason)
 
-    def _probe_done(self, probe: FormatProbe, timings: dict[str, float] | None) -> None:
+    def _probe_done(self, probe: FormatProbe, timings: dict[str, float] | None, why_not: str) -> None:
         if timings:
             fastest = next(iter(timings))
             detail = ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in timings.items())
-        else:  # its worker died on every try: train in the format every device has
-            fastest, timings, detail = "fp32", {}, "not measured (worker lost), using fp32"
+        else:  # it could not measure: train in the format every device has
+            fastest, timings, detail = "fp32", {}, f"not measured ({why_not}), using fp32"
         self.store.set_format(self.sweep_id, probe.model, fastest, timings)
         self.scheduler.probe_done(probe, fastest)
         self.bar.write(f"probed {probe.model:<28} trains in {fastest} (per step: {detail})")
@@ -199,11 +360,9 @@ class Dispatcher:
         self.store.record(self.sweep_id, spec.key, result)
         self._log(spec, result)
 
-    def _save(self, spec: TrialSpec, artifact: bytes) -> Path:
+    def _model_path(self, spec: TrialSpec) -> Path:
         stem = f"{spec.model}-baseline" if spec.kind == BASELINE else f"{spec.model}-{spec.pruner}-{spec.rate:g}"
-        path = self.models_dir / f"{stem}-seed{spec.seed}-{spec.key}.pt"
-        write_atomic(path, artifact)
-        return path
+        return self.models_dir / f"{stem}-seed{spec.seed}-{spec.key}.pt"
 
     def _label(self, task: Task) -> str:
         return f"{task.label} seed {task.seed}" if self.several_seeds and task.kind != PROBE else task.label
@@ -226,90 +385,163 @@ class Dispatcher:
 
 
 def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
-    """Run (or resume) the sweep `config` describes; returns when no trial is left."""
+    """Run (or resume) the sweep `config` describes; returns when no trial is left.
+
+    Raises StoreError (the database cannot be used), SweepLocked (another coordinator runs
+    the sweep), SweepAborted (it cannot go on; SetupError if found before anything was
+    recorded), and stopping.Stopped on SIGINT or SIGTERM, after leaving the sweep
+    `interrupted`.
+    """
     started = time.time()
     silence_libraries()
     specs = list(expand(config))
     sweep_id = config.sweep_id()
-    data_folder = prepare_inputs(config)
-
+    check_output_dir(config.output_dir)
     with ResultStore(config.database) as store:
-        try:
-            earlier = json.loads(store.sweep(sweep_id).get("provenance_json") or "{}")
-        except LookupError:
-            earlier = {}
-        provenance = sweep_provenance(data_folder, earlier)
-        if provenance["data_sha256"] != earlier.get("data_sha256", provenance["data_sha256"]):
-            print(f"warning: the data set's files in {data_folder} differ from those this sweep's earlier "
-                  "trials used (sha256 recorded in the report); its trials are no longer all comparable",
-                  file=sys.stderr)
+        status = StatusFile(config.output_dir / "report", sweep_id, stale_after_s=STALE_AFTER_S)
+        with SweepLock(store, sweep_id, on_beat=status.write) as lock:
+            if lock.taken_over:
+                holder, reason = lock.taken_over
+                print(f"taking over sweep {sweep_id} from a coordinator that stopped ({reason}): pid {holder.pid} "
+                      f"on host {holder.host}", flush=True)
+            status.write(status="running")
+            try:
+                data_folder = prepare_inputs(config)
+            except BaseException as exc:
+                stop = stopping.stop_behind(exc)
+                status.write(status="interrupted" if stop else "failed", message=_why(exc))
+                if stop:
+                    raise stop from None
+                raise
+            return _run_locked(config, store, lock, status, specs, sweep_id, started, progress, data_folder)
+
+
+def _run_locked(config: SweepConfig, store: ResultStore, lock: SweepLock, status: StatusFile,
+                                specs: list[TrialSpec], sweep_id: str, started: float, progress: bool,
+                data_folder: Path) -> SweepSummary:
+    try:
+        earlier = json.loads(store.sweep(sweep_id).get("provenance_json") or "{}")
+    except LookupError:
+        earlier = {}
+    provenance = sweep_provenance(data_folder, earlier)
+    if provenance["data_sha256"] != earlier.get("data_sha256", provenance["data_sha256"]):
+        print(f"warning: the data set's files in {data_folder} differ from those this sweep's earlier "
+              "trials used (sha256 recorded in the report); its trials are no longer all comparable",
+              file=sys.stderr)
+    rows = {row["key"]: row for row in store.trials(sweep_id)}
+    completed = {key for key, row in rows.items() if row["status"] == COMPLETED}
+    checkpoints = {key: Path(rows[key]["artifact_path"] or "") for key in completed
+                   if rows[key]["kind"] == BASELINE}
+    checkpoints = {key: path for key, path in checkpoints.items() if path.is_file()}
+    formats = None
+    if config.compute == AUTO:
+        formats = {model: known["format"] for model, known in store.formats(sweep_id).items()}
+    scheduler = Scheduler(specs, done=completed, checkpoints=set(checkpoints), formats=formats,
+                          max_retries=config.max_retries, time_limit_s=config.trial_timeout_s)
+    for row in completed_in_order(rows.values()):
+        scheduler.note_times(TrialSpec.from_json(row["spec_json"]), row)
+    todo = len(scheduler.todo)
+    skipped = len(specs) - todo
+    report = Report(config.database, config.output_dir / "report", sweep_id, status)
+    seeds = len(config.run_seeds)
+    print(f"sweep {sweep_id}: {len(specs)} trials ({len(config.models)} models x "
+          f"{len(config.pruners)} pruners x {len(config.rates)} rates"
+          + (f" x {seeds} seeds" if seeds > 1 else "") + " + baselines), "
+          f"{skipped} already done, {todo} to run; data: {datasets.describe(config.dataset)}, "
+          f"weights: {config.weights}; code: {describe_commit(provenance)}", flush=True)
+
+    def begin() -> None:
         store.begin_sweep(sweep_id=sweep_id, name=config.name, config_json=config.to_json(),
                           dataset=config.dataset, weights=config.weights, versions=library_versions(),
                           provenance=provenance)
         store.add_trials(sweep_id, specs)
         store.reset_unfinished(sweep_id)
-        rows = {row["key"]: row for row in store.trials(sweep_id)}
-        completed = {key for key, row in rows.items() if row["status"] == COMPLETED}
-        checkpoints = {key: Path(rows[key]["artifact_path"] or "") for key in completed
-                       if rows[key]["kind"] == BASELINE}
-        checkpoints = {key: path for key, path in checkpoints.items() if path.is_file()}
-        formats = None
-        if config.compute == AUTO:
-            formats = {model: known["format"] for model, known in store.formats(sweep_id).items()}
-        scheduler = Scheduler(specs, done=completed, checkpoints=set(checkpoints), formats=formats,
-                              max_retries=config.max_retries)
-        for row in completed_in_order(rows.values()):
-            scheduler.note_times(TrialSpec.from_json(row["spec_json"]), row)
-        todo = len(scheduler.todo)
-        skipped = len(specs) - todo
-        report_dir = config.output_dir / "report"
-        seeds = len(config.run_seeds)
-        print(f"sweep {sweep_id}: {len(specs)} trials ({len(config.models)} models x "
-              f"{len(config.pruners)} pruners x {len(config.rates)} rates"
-              + (f" x {seeds} seeds" if seeds > 1 else "") + " + baselines), "
-              f"{skipped} already done, {todo} to run; data: {datasets.describe(config.dataset)}, "
-              f"weights: {config.weights}; code: {describe_commit(provenance)}", flush=True)
-        if scheduler.finished:
-            return _finish(store, sweep_id, 0, skipped, started, report_dir, [])
 
-        ray = start_ray()
-        try:
-            # A live bar only on a terminal; in logs (Docker) each result line says the progress.
-            bar = tqdm(total=todo, desc="trials", unit="trial", dynamic_ncols=True,
-                       disable=not (progress and sys.stderr.isatty()))
-            dispatcher = Dispatcher(ray, config, store, sweep_id, scheduler, bar)
-            # Baselines finished in an earlier run hand their saved checkpoint to their trials.
-            for key, path in checkpoints.items():
-                dispatcher.checkpoints[key] = ray.put(path.read_bytes())
-            dispatcher.run(report_dir)
-            bar.close()
-        except KeyboardInterrupt:
-            store.reset_unfinished(sweep_id)
-            store.end_sweep(sweep_id, "interrupted")
-            raise
-        finally:
-            ray.shutdown()
-        return _finish(store, sweep_id, dispatcher.ran, skipped, started, report_dir, dispatcher.failed)
+    if scheduler.finished:
+        begin()
+        return _finish(store, sweep_id, 0, skipped, started, report, [])
 
-
-def refresh_report(database: Path, report_dir: Path, sweep_id: str) -> Path | None:
-    """Rewrite the report; a report problem is logged, never the end of a sweep."""
-    from sweep_service.report import write_report
-
+    ray, begun, dispatcher, bar = None, False, None, None
     try:
-        return write_report(database, report_dir, sweep_id=sweep_id)
-    except Exception as exc:
-        print(f"warning: could not write the report in {report_dir}: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
-        return None
+        if joined_cluster():  # joining starts no process here: a stop may cut it short
+            try:
+                ray = start_ray()
+            except ConnectionError as exc:
+                raise SweepAborted(f"cannot join the Ray cluster at RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}: "
+                                   f"{exc}; start the cluster first, or unset RAY_ADDRESS to run on this "
+                                   "machine alone") from None
+        else:
+            with stopping.deferred():  # Ray stopped while it starts its processes leaves them behind
+                ray = start_ray()
+        stopping.reinstall()
+        if not joined_cluster():
+            check_local_cluster(ray, scheduler)
+        begin()
+        begun = True
+        # A live bar only on a terminal; in logs (Docker) each result line says the progress.
+        bar = tqdm(total=todo, desc="trials", unit="trial", dynamic_ncols=True,
+                   disable=not (progress and sys.stderr.isatty()))
+        dispatcher = Dispatcher(ray, config, store, sweep_id, scheduler, bar, lock, report)
+        # Baselines finished in an earlier run hand their saved checkpoint to their trials.
+        for key, path in checkpoints.items():
+            dispatcher.checkpoints[key] = ray.put(path.read_bytes())
+        dispatcher.run()
+        bar.close()
+    except BaseException as exc:
+        stopping.ignore()  # stopping already: a second Ctrl-C must not cut the clean-up short
+        if bar is not None:
+            bar.close()
+        if ray is not None:
+            ray.shutdown()
+            ray = None
+        _interrupted(store, lock, status, report, sweep_id, exc, begun)
+        stop = stopping.stop_behind(exc)
+        if stop:
+            raise stop from None
+        raise
+    finally:
+        if ray is not None:
+            ray.shutdown()
+    return _finish(store, sweep_id, dispatcher.ran, skipped, started, report, dispatcher.failed)
+
+
+def _interrupted(store: ResultStore, lock: SweepLock, status: StatusFile, report: Report, sweep_id: str,
+                 exc: BaseException, begun: bool) -> None:
+    """Leave the sweep resumable after a stop or an error: unfinished trials `pending`, the
+    sweep `interrupted` (unless another coordinator took it over, or it had not begun)."""
+    if lock.lost.is_set():
+        return
+    stop = stopping.stop_behind(exc) is not None
+    message = _why(exc)
+    if not begun:
+        status.write(status="interrupted" if stop else "failed", message=message)
+        return
+    try:
+        store.reset_unfinished(sweep_id)
+        store.end_sweep(sweep_id, "interrupted")
+    except Exception as problem:  # e.g. the database's disk is full: the next run resets them
+        print(f"warning: could not mark sweep {sweep_id} interrupted: {problem}", file=sys.stderr)
+    status.write(status="interrupted", message=message)
+    if report.quick:  # else the next run, or the `report` command, redraws it
+        report.draw()
+
+
+def _why(exc: BaseException) -> str:
+    """How a run ended early, for status.json."""
+    stop = stopping.stop_behind(exc)
+    if stop:
+        return f"stopped by {stop}"
+    return str(exc) if isinstance(exc, SweepAborted) else f"{type(exc).__name__}: {exc}"
 
 
 def _finish(store: ResultStore, sweep_id: str, ran: int, skipped: int, started: float,
-            report_dir: Path, failed: list[str]) -> SweepSummary:
+            report: Report, failed: list[str]) -> SweepSummary:
     summary = SweepSummary(sweep_id, store.counts(sweep_id), ran, skipped, time.time() - started,
                            failed=failed)
-    store.end_sweep(sweep_id, "finished" if summary.ok else "incomplete")
-    summary.report = refresh_report(store.path, report_dir, sweep_id)
+    final = "finished" if summary.ok else "incomplete"
+    store.end_sweep(sweep_id, final)
+    summary.report = report.draw()
+    report.status.write(status=final)
     print(f"sweep {sweep_id} finished in {summary.wall_s:.0f} s: ran {ran}, skipped {skipped} already done; "
           + ", ".join(f"{n} {status}" for status, n in summary.counts.items()))
     for line in failed:

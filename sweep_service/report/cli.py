@@ -6,6 +6,7 @@ the handlers, so that `--help` and the other commands stay quick.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import textwrap
 import time
@@ -18,11 +19,12 @@ EXIT_OK, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
 
 def _load(args: argparse.Namespace):
     """The sweep's results, or None after printing why they cannot be read."""
+    from sweep_service.coordinator.store import StoreError
     from sweep_service.report.results import load_results
 
     try:
         return load_results(args.db, args.sweep)
-    except (FileNotFoundError, LookupError) as exc:
+    except (StoreError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
 
@@ -90,8 +92,13 @@ def _export(args: argparse.Namespace) -> int:
     if args.output is None or str(args.output) == "-":
         sys.stdout.write(text)
     else:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
+        try:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(text)
+        except OSError as exc:
+            print(f"error: cannot write {args.output}: {exc.strerror or exc}; choose another --output",
+                  file=sys.stderr)
+            return EXIT_ERROR
         what = "configurations" if args.summary else "trials"
         print(f"wrote {n} {what} of sweep {results.sweep_id} as {fmt_name.upper()} to {args.output}",
               file=sys.stderr)
@@ -110,8 +117,8 @@ def _argtype(parse, name: str):
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if value <= 0:
-        raise ValueError(f"{text!r} must be positive")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{text!r} must be a positive number")
     return value
 
 

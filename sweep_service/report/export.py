@@ -3,9 +3,12 @@
 CSV: one row per trial, every column of the `trials` table (the spec as JSON text in
 `spec_json`), fractions as fractions, times in ISO 8601 UTC; or with `summary`, one row
 per configuration (model, pruner, rate): how many seeds, and each figure's mean with the
-bounds of its 95 % interval (empty with one seed: no spread measured). JSON: an object
-with the sweep (its config, library versions and provenance parsed), the list of trials
-(`spec` parsed) and the `summary` rows.
+bounds of its 95 % interval (empty with one seed: no spread measured). A text cell that a
+spreadsheet would run as a formula (it starts with =, +, -, @, a tab or a carriage return:
+an error text can hold `=HYPERLINK(...)`) is written with a leading apostrophe, which
+spreadsheets show as text; numbers are written as they are. JSON: an object with the sweep
+(its config, library versions and provenance parsed), the list of trials (`spec` parsed)
+and the `summary` rows.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from sweep_service.report.fmt import jsonable
 from sweep_service.report.results import SweepResults
 
 FORMATS = ("csv", "json")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 TRIAL_COLUMNS = tuple(c.name for c in TrialRow.__table__.columns if c.name != "id")
 # The figures a summary row gives as mean and interval bounds.
 SUMMARY_METRICS = ("accuracy", "accuracy_pruned", "accuracy_drop", "channel_sparsity", "params_after",
@@ -47,6 +51,13 @@ def summary_records(results: SweepResults) -> list[dict[str, Any]]:
     return records
 
 
+def spreadsheet_safe(value: Any) -> Any:
+    """`value`, or for text a spreadsheet would run as a formula, that text made inert."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_csv(results: SweepResults, out: TextIO, status: str | None = None, summary: bool = False) -> int:
     """Write the trials (or with `summary`, the configurations) as CSV; returns how many rows."""
     if summary:
@@ -54,7 +65,10 @@ def write_csv(results: SweepResults, out: TextIO, status: str | None = None, sum
         columns = SUMMARY_COLUMNS
     else:
         rows, columns = trial_records(results, status), TRIAL_COLUMNS
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    rows = [{k: spreadsheet_safe(v) for k, v in row.items()} for row in rows]
+    # CRLF, as RFC 4180 has it: the writer then quotes every text holding a carriage return
+    # (with "\n" alone it would leave one unquoted, and readers would split the row there).
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\r\n")
     writer.writeheader()
     writer.writerows(rows)
     return len(rows)

@@ -6,8 +6,6 @@ import math
 from datetime import datetime
 from typing import Any
 
-from sweep_service.spec import rate_text
-
 MB = 1_000_000  # model sizes are in MB of 10^6 bytes
 
 
@@ -74,8 +72,17 @@ def seconds(value: float | None) -> str:
 
 
 def rate(value: float | None) -> str:
-    """A pruning rate: 0.3 -> '30%', 0.125 -> '12.5%', 0.9999 -> '99.99%'."""
-    return "-" if value is None else rate_text(value)
+    """A pruning rate: 0.3 -> '30%', 0.125 -> '12.5%', 0.99999 -> '99.999%': to four
+    decimals, and more where fewer would read 0% or 100% for a rate that is neither."""
+    if value is None:
+        return "-"
+    percent = value * 100
+    decimals = 4
+    text = f"{round(percent, decimals):g}"
+    while text in ("0", "100") and 0 < percent < 100 and decimals < 15:
+        decimals += 1
+        text = f"{percent:.{decimals}f}".rstrip("0").rstrip(".")
+    return text + "%"
 
 
 def when(value: datetime | None) -> str:
@@ -91,6 +98,8 @@ def parse_count(text: str) -> int:
         value = float(t[:-1] if factor != 1 else t) * factor
     except ValueError:
         raise ValueError(f"{text!r} is not a count; write e.g. 2500000, 2.5M or 300k") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite count; write e.g. 2500000, 2.5M or 300k")
     if value <= 0:
         raise ValueError(f"{text!r} must be positive")
     return int(value)

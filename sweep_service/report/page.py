@@ -25,9 +25,13 @@ from sweep_service.report.export import export_text
 from sweep_service.report.recommend import Limits, accuracy_text, recommend
 from sweep_service.report.results import SweepResults, load_results, trial_label
 from sweep_service.report.stats import CONFIDENCE, Estimate
+from sweep_service.report.status import STATUS_FILE
 from sweep_service.spec import BASELINE, PENDING, RUNNING
 
-REFRESH_S = 15  # the page reloads itself this often while the sweep runs
+# While the sweep runs, the page reads status.json (sweep_service.report.status)
+# this often, reloads itself when a newer report was written, and stops, saying so, when
+# the coordinator has ended or stopped answering.
+REFRESH_S = 15
 CSV_NAME = "trials.csv"
 
 
@@ -224,12 +228,16 @@ def render_page(results: SweepResults, charts: list[Chart], out_dir: Path) -> st
     pareto = results.pareto_set()
     unfinished = [t for t in results.trials if t["status"] in (PENDING, RUNNING)]
     several = results.spread_measured
+    generated = time.time()
     views = [_chart_view(c, out_dir) for c in charts]
     context = dict(
         r=results,
         title=f"Pruning sweep {results.sweep.get('name') or results.sweep_id}",
-        refresh_s=REFRESH_S if results.running else None,
-        generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        live=dict(sweep=results.sweep_id, generated=generated, every=REFRESH_S, file=STATUS_FILE)
+        if results.running else None,
+        abandoned=results.abandoned,
+        heartbeat=results.lock["heartbeat_at"] if results.lock else None,
+        generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(generated)),
         counts=counts, total=total,
         share={k: (100.0 * v / total if total else 0.0) for k, v in counts.items()},
         weights={"imagenet": "ImageNet-pretrained (torchvision)",

@@ -16,6 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from sweep_service.coordinator.lock import is_live
 from sweep_service.coordinator.store import ResultStore
 from sweep_service.dataset_info import describe
 from sweep_service.report import fmt, stats
@@ -92,6 +93,8 @@ class SweepResults:
     trials: list[dict[str, Any]]
     dataset_label: str = ""
     other_sweeps: list[str] = field(default_factory=list)
+    # The sweep's lock row (sweep_service.coordinator.lock), if a coordinator holds it.
+    lock: dict[str, Any] | None = None
 
     @cached_property
     def config(self) -> dict[str, Any]:
@@ -147,7 +150,14 @@ class SweepResults:
 
     @property
     def running(self) -> bool:
-        return self.sweep.get("status") == RUNNING
+        """Whether a coordinator runs the sweep now: recorded as running, and its
+        coordinator's heartbeat is fresh (a killed coordinator leaves the first alone)."""
+        return self.sweep.get("status") == RUNNING and is_live(self.lock)
+
+    @property
+    def abandoned(self) -> bool:
+        """Recorded as running, but no coordinator runs it (killed without a clean-up)."""
+        return self.sweep.get("status") == RUNNING and not self.running
 
     def with_status(self, status: str) -> list[dict[str, Any]]:
         return [t for t in self.trials if t["status"] == status]
@@ -292,19 +302,17 @@ def pareto_front(trials: list[dict[str, Any]], cost: str) -> list[dict[str, Any]
 def load_results(db_path: str | Path, sweep_id: str | None = None) -> SweepResults:
     """Read a sweep (the latest if `sweep_id` is None) and its trials from `db_path`.
 
-    Raises FileNotFoundError if there is no database and LookupError if there is no
-    such sweep; both messages say what to do.
+    Opens the database read-only. Raises StoreError if it cannot be used (missing, not the
+    service's) and LookupError if there is no such sweep; both messages say what to do.
     """
-    store = ResultStore.open_existing(db_path)
-    try:
+    with ResultStore.open_read_only(db_path) as store:
         sweep = store.sweep(sweep_id)
         trials = store.trials(sweep["sweep_id"])
         others = [s["sweep_id"] for s in store.sweeps() if s["sweep_id"] != sweep["sweep_id"]]
-    finally:
-        store.engine.dispose()
+        lock = store.lock_holder(sweep["sweep_id"])
     return SweepResults(sweep=sweep, trials=_with_drops(_with_seeds(trials)),
                         dataset_label=describe(sweep["dataset"]),
-                        other_sweeps=others)
+                        other_sweeps=others, lock=lock)
 
 
 def _with_seeds(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:

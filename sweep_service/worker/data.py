@@ -128,9 +128,10 @@ class TensorBatches:
 
     def __init__(self, data: ImageSet, *, batch_size: int, image_size: int = 32,
                  shuffle: bool = False, augment: bool = False, seed: int = 0,
-                 max_batches: int | None = None):
+                 max_batches: int | None = None, min_batch: int = 1):
         self.data = data
         self.batch_size = batch_size
+        self.min_batch = min_batch  # a last batch with fewer images is left out
         self.image_size = image_size
         self.shuffle = shuffle
         self.augment = augment
@@ -142,7 +143,8 @@ class TensorBatches:
         self._shift = -torch.tensor(MEAN).view(1, 3, 1, 1) / std
 
     def __len__(self) -> int:
-        n = -(-len(self.data.labels) // self.batch_size)
+        images = len(self.data.labels)
+        n = images // self.batch_size + (images % self.batch_size >= self.min_batch)
         return min(n, self.max_batches) if self.max_batches else n
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

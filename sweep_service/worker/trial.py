@@ -58,10 +58,17 @@ class TrialOutput:
 @dataclass
 class _Phases:
     times: dict[str, float] = field(default_factory=dict)
-    current: str = "start"
+    current: str = "startup"
+    on_enter: Callable[[str], None] | None = None  # told each phase as the trial enters it
+
+    def enter(self, phase: str) -> None:
+        self.current = phase
+        if self.on_enter is not None:
+            self.on_enter(phase)
 
     def run(self, phase: str, fn, *args, **kwargs):
-        self.current = phase
+        if phase != self.current:
+            self.enter(phase)
         start = time.perf_counter()
         try:
             return fn(*args, **kwargs)
@@ -113,12 +120,15 @@ Checkpoint = Union[bytes, Callable[[], bytes]]
 
 
 def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
-              plugins_dir: str | None = None, compute: str = "fp32") -> TrialOutput:
+              plugins_dir: str | None = None, compute: str = "fp32",
+              on_phase: Callable[[str], None] | None = None) -> TrialOutput:
     """Run one trial. `baseline_checkpoint`: the baseline's state_dict bytes, or a function
     that fetches them. `compute`: the number format and layout every trial of this model
-    trains in (sweep_service.worker.compute)."""
+    trains in (sweep_service.worker.compute). `on_phase` is told the name of each phase
+    (startup, data, build, prune, group, speedup, finetune, eval, measure) as the trial enters it."""
     started_at = time.time()
-    phases = _Phases()
+    phases = _Phases(on_enter=on_phase)
+    phases.enter("startup")
     startup_start = time.perf_counter()
     result: dict[str, Any] = {"worker_host": socket.gethostname(), "worker_pid": os.getpid()}
     artifact = model = None
@@ -137,9 +147,10 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
         splits = phases.run("data", datasets.load, spec.dataset, spec.data_root)
         train_set = datasets.subset(splits.train, spec.train_subset, spec.seed)
         test_set = datasets.subset(splits.test, spec.test_subset, spec.seed + 1)
+        # Batch norm cannot train on a last batch of one image.
         train_batches = datasets.TensorBatches(train_set, batch_size=spec.batch_size,
                                                image_size=spec.image_size, shuffle=True,
-                                               augment=spec.augment, seed=spec.seed)
+                                               augment=spec.augment, seed=spec.seed, min_batch=2)
         test_batches = datasets.TensorBatches(test_set, batch_size=spec.eval_batch_size,
                                               image_size=spec.image_size)
 
@@ -208,15 +219,18 @@ def _prune(spec: TrialSpec, model: torch.nn.Module, train_set: datasets.ImageSet
                 pruned_channels_json=json.dumps(channels))
 
 
-def run_on_worker(spec: TrialSpec, checkpoint: list, plugins_folder: str, compute: str) -> TrialOutput:
+def run_on_worker(spec: TrialSpec, checkpoint: list, plugins_folder: str, compute: str,
+                  phases=None) -> TrialOutput:
     """The Ray task the coordinator dispatches. `checkpoint` holds the baseline's ObjectRef,
     if any: inside a list, Ray hands over the reference instead of the bytes, so the trial
     fetches them when it builds its model and drops them once loaded, rather than holding a
-    copy to its end."""
+    copy to its end. `phases`: the coordinator's TrialPhases actor
+    (sweep_service.worker.progress), told each phase the trial enters."""
     import ray
 
     fetch = (lambda: ray.get(checkpoint[0])) if checkpoint else None
-    return run_trial(spec, fetch, plugins_folder, compute)
+    on_phase = (lambda phase: phases.enter.remote(spec.key, phase)) if phases is not None else None
+    return run_trial(spec, fetch, plugins_folder, compute, on_phase)
 
 
 def measure_formats(spec: TrialSpec) -> dict[str, float]:
