@@ -133,8 +133,13 @@ class SweepConfig(_Strict):
     eval_batch_size: PositiveInt = 512
     optimizer: OptimizerConfig = OptimizerConfig()
     augment: bool = True
+    # Repeats: `seed` alone runs one seed; `seeds` lists the seeds to run; `repeats: N` runs
+    # seed, seed+1, ..., seed+N-1. Each seed is a trial of every (model, pruner, rate) with its
+    # own baseline, so that the report can give each configuration a mean and an interval.
     seed: int = Field(0, ge=0, lt=2**32)  # what every random generator of a trial accepts
-    train_subset: int | None = None
+    seeds: list[int] | None = Field(None, min_length=1)
+    repeats: PositiveInt | None = None
+    train_subset: PositiveInt | None = None
     test_subset: PositiveInt | None = None
     calibration_batches: PositiveInt = 4
     layers: LayerSelection = LayerSelection()
@@ -245,6 +250,30 @@ class SweepConfig(_Strict):
         if value != "auto" and value not in CHOICES:
             raise ValueError(f"unknown compute {value!r}; choose auto or one of {', '.join(CHOICES)}")
         return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds repeat a value: {seeds}")
+        return seeds
+
+    @model_validator(mode="after")
+    def _one_way_to_give_seeds(self) -> "SweepConfig":
+        if self.seeds is not None and self.repeats is not None:
+            raise ValueError("both `seeds` and `repeats` are set: give `seeds` (a list) or `repeats` "
+                             "(runs seed, seed+1, ...), not both")
+        if self.seeds is not None and "seed" in self.model_fields_set:
+            raise ValueError("both `seed` and `seeds` are set: give `seed` (one run, or the first of "
+                             "`repeats`) or `seeds` (a list), not both")
+        return self
+
+    @property
+    def run_seeds(self) -> list[int]:
+        """The seeds each (model, pruner, rate) runs with, in order."""
+        if self.seeds is not None:
+            return list(self.seeds)
+        return [self.seed + i for i in range(self.repeats or 1)]
 
     @model_validator(mode="after")
     def _fp16_needs_gpus(self) -> "SweepConfig":

@@ -82,6 +82,9 @@ class SweepRow(Base):
     dataset: Mapped[str] = mapped_column(String)
     weights: Mapped[str] = mapped_column(String)
     versions_json: Mapped[str] = mapped_column(Text, default="{}")
+    # Where the results came from besides the libraries (sweep_service.provenance): the
+    # project's git commit and a hash of the data set's files, as of the latest run.
+    provenance_json: Mapped[str | None] = mapped_column(Text, default="{}")
     # With `compute: auto`: {model: {"format": name, "timings": {format: seconds per step}}},
     # measured once, so that every trial of a model, in this run or a later one, trains alike.
     formats_json: Mapped[str] = mapped_column(Text, default="{}")
@@ -101,14 +104,15 @@ class TrialRow(Base):
     kind: Mapped[str] = mapped_column(String)  # BASELINE or PRUNED
     model: Mapped[str] = mapped_column(String)
     pruner: Mapped[str] = mapped_column(String)  # "none" for baselines
-    rate: Mapped[float] = mapped_column(Float)  # fraction in [0, 1); 0 for baselines
+    rate: Mapped[float] = mapped_column(Float)  # requested: fraction in [0, 1); 0 for baselines
+    seed: Mapped[int | None] = mapped_column(default=None)  # None in rows written before repeats
     status: Mapped[str] = mapped_column(String, default=PENDING)
     spec_json: Mapped[str] = mapped_column(Text)
     # Pruned trials: how the plugin's choice became what speedup removed (docs/pruning.md).
     grouping: Mapped[str | None] = mapped_column(String, default=None)  # "dependency" or "layer"
     allocation: Mapped[str | None] = mapped_column(String, default=None)  # "uniform" or "global"
 
-    accuracy: Mapped[float | None] = mapped_column(default=None)  # top-1, fraction
+    accuracy: Mapped[float | None] = mapped_column(default=None)  # top-1, fraction, after fine-tuning
     accuracy_pruned: Mapped[float | None] = mapped_column(default=None)  # right after speedup, before fine-tuning
     baseline_accuracy: Mapped[float | None] = mapped_column(default=None)
     accuracy_drop: Mapped[float | None] = mapped_column(default=None)  # baseline - accuracy
@@ -145,6 +149,7 @@ class TrialRow(Base):
     threads: Mapped[int | None] = mapped_column(default=None)
     allocator: Mapped[str | None] = mapped_column(default=None)  # of the worker's C heap (sweep_service.worker.heap)
     compute: Mapped[str | None] = mapped_column(default=None)  # the format it trained in, e.g. "fp32"
+    worker_versions_json: Mapped[str | None] = mapped_column(Text, default=None)  # the worker's libraries
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     artifact_path: Mapped[str | None] = mapped_column(String, default=None)
@@ -206,7 +211,7 @@ class SweepLockRow(Base):
 RESULT_FIELDS = tuple(
     c.name
     for c in TrialRow.__table__.columns
-    if c.name not in {"id", "sweep_id", "key", "kind", "model", "pruner", "rate", "spec_json", "grouping",
+    if c.name not in {"id", "sweep_id", "key", "kind", "model", "pruner", "rate", "seed", "spec_json", "grouping",
                       "allocation", "attempts"}
 )
 
@@ -269,7 +274,7 @@ class ResultStore:
 
     # sweeps ---------------------------------------------------------------
     def begin_sweep(self, *, sweep_id: str, name: str, config_json: str, dataset: str,
-                    weights: str, versions: dict[str, str]) -> None:
+                    weights: str, versions: dict[str, str], provenance: dict[str, Any] | None = None) -> None:
         with Session(self.engine) as s, s.begin():
             row = s.get(SweepRow, sweep_id)
             if row is None:
@@ -277,6 +282,7 @@ class ResultStore:
                 s.add(row)
             row.config_json = config_json
             row.versions_json = json.dumps(versions, sort_keys=True)
+            row.provenance_json = json.dumps(provenance or {}, sort_keys=True)
             row.status = RUNNING
             row.started_at = utcnow()
             row.finished_at = None
@@ -329,13 +335,18 @@ class ResultStore:
     # trials ---------------------------------------------------------------
     def add_trials(self, sweep_id: str, specs: Iterable[Any]) -> int:
         """Insert a pending row for each spec not yet recorded; returns how many were new."""
+        specs = list(specs)
         with Session(self.engine) as s, s.begin():
             known = set(s.scalars(select(TrialRow.key).where(TrialRow.sweep_id == sweep_id)))
             new = [spec for spec in specs if spec.key not in known]
+            # Rows written before the seed had a column of its own get it from their spec.
+            seeds = {spec.key: spec.seed for spec in specs}
+            for row in s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id, TrialRow.seed.is_(None))):
+                row.seed = seeds.get(row.key, row.seed)
             for spec in new:
                 pruned = spec.kind == PRUNED
                 s.add(TrialRow(sweep_id=sweep_id, key=spec.key, kind=spec.kind, model=spec.model,
-                               pruner=spec.pruner, rate=spec.rate, status=PENDING,
+                               pruner=spec.pruner, rate=spec.rate, seed=spec.seed, status=PENDING,
                                spec_json=spec.to_json(), grouping=spec.grouping if pruned else None,
                                allocation=spec.allocation if pruned else None))
             return len(new)
@@ -426,16 +437,19 @@ class ResultStore:
             row.status, row.stop_reason = SKIPPED, reason
 
     def link_baselines(self, sweep_id: str) -> None:
-        """Give each pruned trial its model's baseline accuracy and its accuracy drop."""
+        """Give each pruned trial its own baseline's accuracy (of its model and seed) and its
+        accuracy drop."""
         with Session(self.engine) as s, s.begin():
+            # A sweep has one baseline per (model, seed); rows from before repeats have no seed
+            # and one baseline per model.
             baselines = {
-                row.model: row.accuracy
+                (row.model, row.seed): row.accuracy
                 for row in s.scalars(select(TrialRow).where(
                     TrialRow.sweep_id == sweep_id, TrialRow.kind == BASELINE, TrialRow.status == COMPLETED))
             }
             for row in s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id,
                                                         TrialRow.kind == PRUNED)):
-                row.baseline_accuracy = baselines.get(row.model)
+                row.baseline_accuracy = baselines.get((row.model, row.seed))
                 row.accuracy_drop = (None if row.accuracy is None or row.baseline_accuracy is None
                                      else row.baseline_accuracy - row.accuracy)
 
@@ -448,7 +462,7 @@ class ResultStore:
         if kind:
             query = query.where(TrialRow.kind == kind)
         with self._reading() as c:
-            rows = c.execute(query.order_by(TrialRow.model, TrialRow.pruner, TrialRow.rate)).all()
+            rows = c.execute(query.order_by(TrialRow.model, TrialRow.pruner, TrialRow.rate, TrialRow.seed)).all()
         return [self._as_dict(TrialRow, r) for r in rows]
 
     def counts(self, sweep_id: str) -> dict[str, int]:

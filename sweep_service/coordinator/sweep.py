@@ -18,6 +18,7 @@ their checkpoints and the search's decisions are kept by sweep_service.coordinat
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -51,7 +52,7 @@ from sweep_service.coordinator.search import ADD, SKIP, STOP, RungRun
 from sweep_service.coordinator.store import ResultStore
 from sweep_service.files import write_atomic
 from sweep_service.plugins import plugins_dir
-from sweep_service.provenance import library_versions
+from sweep_service.provenance import describe_commit, folder_digest, library_versions, source_commit
 from sweep_service.quiet import silence_libraries
 from sweep_service.report.status import StatusFile
 from sweep_service.spec import BASELINE, COMPLETED, FAILED, TrialSpec
@@ -98,10 +99,11 @@ class SweepSummary:
         return self.counts.get("pending", 0) == 0 and self.counts.get("running", 0) == 0
 
 
-def prepare_inputs(config: SweepConfig) -> None:
-    """Fail before Ray starts if the data set or the pretrained weights cannot be had."""
+def prepare_inputs(config: SweepConfig) -> Path:
+    """Fail before Ray starts if the data set or the pretrained weights cannot be had;
+    returns the folder of the data set's files."""
     try:
-        datasets.prepare(config.dataset, config.data_root)
+        root = datasets.prepare(config.dataset, config.data_root)
     except datasets.DatasetUnavailableError as exc:
         raise SweepAborted(str(exc)) from None
     except OSError as exc:
@@ -114,6 +116,19 @@ def prepare_inputs(config: SweepConfig) -> None:
                 raise SweepAborted(str(exc)) from None
             except OSError as exc:
                 raise SetupError(f"cannot use the weights folder {config.weights_dir}: {exc}") from None
+    return root / datasets.CIFAR_DIR
+
+
+def sweep_provenance(data_folder: Path, earlier: dict[str, Any]) -> dict[str, Any]:
+    """This run's git commit and data set hash, with those of the sweep's earlier runs
+    where they differ (a resumed sweep whose code or data changed says so)."""
+    data = folder_digest(data_folder)
+    found: dict[str, Any] = {**source_commit(), "data_sha256": data["sha256"], "data_files": data["files"],
+                             "data_bytes": data["bytes"]}
+    for now, history in (("data_sha256", "earlier_data_sha256"), ("git_commit", "earlier_git_commits")):
+        seen = [x for x in [*earlier.get(history, []), earlier.get(now)] if x and x != found[now]]
+        found[history] = list(dict.fromkeys(seen))
+    return found
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -186,6 +201,7 @@ class Dispatcher:
         self.sweep_id = sweep_id
         self.scheduler = scheduler
         self.bar = bar
+        self.several_seeds = len(config.run_seeds) > 1
         self.lock = lock
         self.report = report
         resources = dict(num_cpus=config.resources.cpus, num_gpus=config.resources.gpus, max_retries=0)
@@ -301,7 +317,7 @@ class Dispatcher:
             output = self.ray.get(ref)
         except Exception as exc:  # the worker died: a trial's own errors come back as results
             if self.scheduler.lost(task):
-                self.bar.write(f"retry  {task.label:<28} its worker was lost ({type(exc).__name__})")
+                self.bar.write(f"retry  {self._label(task):<28} its worker was lost ({type(exc).__name__})")
                 return
             output = None
             lost = f"worker lost: {type(exc).__name__}: {exc}"
@@ -370,19 +386,25 @@ class Dispatcher:
         self._log(spec, result)
 
     def _model_path(self, spec: TrialSpec) -> Path:
-        stem = f"{spec.model}-baseline" if spec.kind == BASELINE else f"{spec.model}-{spec.pruner}-{spec.rate:.2f}"
-        return self.models_dir / f"{stem}-{spec.key}.pt"
+        stem = f"{spec.model}-baseline" if spec.kind == BASELINE else f"{spec.model}-{spec.pruner}-{spec.rate:g}"
+        return self.models_dir / f"{stem}-seed{spec.seed}-{spec.key}.pt"
+
+    def _label(self, task: Task) -> str:
+        if not self.several_seeds or task.kind == PROBE:
+            return task.label
+        seed = (task.spec if isinstance(task, RungRun) else task).seed
+        return f"{task.label} seed {seed}"
 
     def _log(self, spec: Task, result: dict[str, Any], final: bool = True) -> None:
         """Log a result; `final`: it ends its trial (a rung that waits for a decision does not)."""
         if result["status"] == COMPLETED:
-            line = (f"{'done' if final else 'rung':<6} {spec.label:<28} acc {result['accuracy']:.1%}  "
+            line = (f"{'done' if final else 'rung':<6} {self._label(spec):<28} acc {result['accuracy']:.1%}  "
                     f"params -{result['param_reduction']:.0%}  {result.get('time_total_s', 0):.0f}s "
                     f"on {result.get('worker_host')}")
         else:
             first_line = (result.get("error") or "").splitlines()[0] if result.get("error") else ""
-            line = f"FAILED {spec.label:<28} {first_line}"
-            self.failed.append(f"{spec.label}: {first_line}")
+            line = f"FAILED {self._label(spec):<28} {first_line}"
+            self.failed.append(f"{self._label(spec)}: {first_line}")
         self._log_line(line, counts=final)
 
     def _log_line(self, line: str, counts: bool) -> None:
@@ -418,18 +440,28 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
                       f"on host {holder.host}", flush=True)
             status.write(status="running")
             try:
-                prepare_inputs(config)
+                data_folder = prepare_inputs(config)
             except BaseException as exc:
                 stop = stopping.stop_behind(exc)
                 status.write(status="interrupted" if stop else "failed", message=_why(exc))
                 if stop:
                     raise stop from None
                 raise
-            return _run_locked(config, store, lock, status, specs, sweep_id, started, progress)
+            return _run_locked(config, store, lock, status, specs, sweep_id, started, progress, data_folder)
 
 
 def _run_locked(config: SweepConfig, store: ResultStore, lock: SweepLock, status: StatusFile,
-                specs: list[TrialSpec], sweep_id: str, started: float, progress: bool) -> SweepSummary:
+                                specs: list[TrialSpec], sweep_id: str, started: float, progress: bool,
+                data_folder: Path) -> SweepSummary:
+    try:
+        earlier = json.loads(store.sweep(sweep_id).get("provenance_json") or "{}")
+    except LookupError:
+        earlier = {}
+    provenance = sweep_provenance(data_folder, earlier)
+    if provenance["data_sha256"] != earlier.get("data_sha256", provenance["data_sha256"]):
+        print(f"warning: the data set's files in {data_folder} differ from those this sweep's earlier "
+              "trials used (sha256 recorded in the report); its trials are no longer all comparable",
+              file=sys.stderr)
     rows = {row["key"]: row for row in store.trials(sweep_id)}
     # A grid sweep trains in full what an adaptive run stopped short.
     completed = {key for key, row in rows.items() if row["status"] == COMPLETED
@@ -448,14 +480,18 @@ def _run_locked(config: SweepConfig, store: ResultStore, lock: SweepLock, status
     todo = len(scheduler.todo)
     skipped = len(scheduler.specs) - todo
     report = Report(config.database, config.output_dir / "report", sweep_id, status)
+    seeds = len(config.run_seeds)
     print(f"sweep {sweep_id}: {len(scheduler.specs)} trials ({len(config.models)} models x "
-          f"{len(config.pruners)} pruners x {len(config.rates)} rates + baselines), "
+          f"{len(config.pruners)} pruners x {len(config.rates)} rates"
+          + (f" x {seeds} seeds" if seeds > 1 else "") + " + baselines), "
           f"{skipped} already done, {todo} to run; data: {datasets.describe(config.dataset)}, "
-          f"weights: {config.weights}; search: {_search_text(config)}", flush=True)
+          f"weights: {config.weights}; code: {describe_commit(provenance)}; "
+          f"search: {_search_text(config)}", flush=True)
 
     def begin() -> None:
         store.begin_sweep(sweep_id=sweep_id, name=config.name, config_json=config.to_json(),
-                          dataset=config.dataset, weights=config.weights, versions=library_versions())
+                          dataset=config.dataset, weights=config.weights, versions=library_versions(),
+                          provenance=provenance)
         store.add_trials(sweep_id, specs)
         store.reset_unfinished(sweep_id)
         if search is not None:  # what the search concludes from earlier runs' results

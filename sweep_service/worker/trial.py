@@ -32,6 +32,7 @@ import torch
 
 from model_zoo import create_model
 from sweep_service.plugins import get_plugin
+from sweep_service.provenance import library_versions
 from sweep_service.quiet import quiet_nni
 from sweep_service.spec import BASELINE, COMPLETED, FAILED, TrialSpec
 from sweep_service.worker import data as datasets
@@ -148,7 +149,8 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
     try:
         threads = _threads_for(spec)
         torch.set_num_threads(threads)
-        result.update(threads=threads, allocator=heap.allocator(), compute=compute)
+        result.update(threads=threads, allocator=heap.allocator(), compute=compute,
+                      worker_versions_json=json.dumps(library_versions(), sort_keys=True))
         prepare_process()
         phases.times["time_startup_s"] = time.perf_counter() - startup_start
         device = _device_for(spec)
