@@ -47,8 +47,7 @@ def trained(name: str, splits, args) -> torch.nn.Module:
     model = create_model(name, weights="none")
     batches = datasets.TensorBatches(datasets.subset(splits.train, args.train_subset, 0), batch_size=64,
                                      shuffle=True, augment=True)
-    train(model, batches, epochs=args.epochs, optimizer_settings=OPTIMIZER, device=torch.device("cpu"),
-          steps_per_epoch=len(batches))
+    train(model, batches, epochs=args.epochs, optimizer_settings=OPTIMIZER, device=torch.device("cpu"))
     return model.eval()
 
 

@@ -74,7 +74,7 @@ def _in_service(pruned, job: dict) -> list[float]:
         torch.manual_seed(seed)
         batches = data.TensorBatches(train_set, batch_size=grid["batch_size"], shuffle=True, augment=True, seed=seed)
         train(model, batches, epochs=grid["finetune_epochs"], optimizer_settings=grid["optimizer"], device=cpu,
-              steps_per_epoch=len(batches), compute=compute)
+              compute=compute)
         accuracies.append(evaluate(model, test_batches, cpu, compute))
     return accuracies
 

@@ -22,7 +22,7 @@ def _run(args: argparse.Namespace) -> int:
     from sweep_service.coordinator import stopping
 
     overrides = {"database": args.db, "output_dir": args.out, "data_root": args.data_root,
-                 "weights_dir": args.weights_dir}
+                 "weights_dir": args.weights_dir, "repeats": args.repeats}
     with stopping.handled():
         try:
             config = parse_config(read_config_file(args.config), source=str(args.config), overrides=overrides)
@@ -63,26 +63,27 @@ def _warn_broken_plugins() -> None:
 
 def _status(args: argparse.Namespace) -> int:
     from sweep_service.coordinator.lock import is_live
-    from sweep_service.coordinator.store import ResultStore, StoreError, utcnow
+    from sweep_service.coordinator.store import StoreError, utcnow
     from sweep_service.report import fmt
+    from sweep_service.report.recommend import accuracy_text
+    from sweep_service.report.results import load_results
 
     try:
-        with ResultStore.open_read_only(args.db) as store:
-            sweep = store.sweep(args.sweep)
-            counts = store.counts(sweep["sweep_id"])
-            holder = store.lock_holder(sweep["sweep_id"])
-            trials = store.trials(sweep["sweep_id"])
-            if args.variants:
-                from sweep_service.coordinator.measurement import summary_lines
+        if args.variants:
+            from sweep_service.coordinator.measurement import summary_lines
+            from sweep_service.coordinator.store import ResultStore
 
-                print("\n".join(summary_lines(store, sweep["sweep_id"])))
-                return 0
+            with ResultStore.open_read_only(args.db) as store:
+                print("\n".join(summary_lines(store, store.sweep(args.sweep)["sweep_id"])))
+            return 0
+        results = load_results(args.db, args.sweep)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except LookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    sweep, holder = results.sweep, results.lock
     state = sweep["status"]
     if state == "running" and is_live(holder):
         age = (utcnow() - holder["heartbeat_at"]).total_seconds()
@@ -91,14 +92,27 @@ def _status(args: argparse.Namespace) -> int:
         state = ("not running: its coordinator stopped without ending it"
                  + (f" (last heartbeat {holder['heartbeat_at']:%Y-%m-%d %H:%M:%S} UTC)" if holder else "")
                  + "; run it again to resume")
+    several = len(results.seeds) > 1
     print(f"sweep {sweep['sweep_id']} ({state}), data: {sweep['dataset']}, weights: {sweep['weights']}")
-    print("  " + ", ".join(f"{n} {status}" for status, n in counts.items()))
-    for row in trials:
-        accuracy = f"{row['accuracy']:.1%}" if row["accuracy"] is not None else "-"
-        reduction = f"{row['param_reduction']:.1%}" if row["param_reduction"] is not None else "-"
-        where = row["worker_host"] or ""
-        print(f"  {row['model']:<16} {row['pruner']:<10} {fmt.rate(row['rate']):>4}  {row['status']:<9} "
-              f"acc {accuracy:>6}  params -{reduction:>6}  {where}")
+    print("  " + ", ".join(f"{n} {status}" for status, n in results.counts.items()))
+    for row in results.trials:
+        seed = f"seed {row['seed']:<3} " if several else ""
+        # A short-budget result (an adaptive sweep's rung) says how much of its fine-tune it had.
+        budget = f" at {row['budget']:.0%}" if row["accuracy"] is not None and (row["budget"] or 1.0) < 1.0 else ""
+        print(f"  {row['model']:<16} {row['pruner']:<10} {fmt.rate(row['rate']):>7}  {seed}{row['status']:<9} "
+              f"acc {fmt.pct(row['accuracy']):>6}{budget}  params -{fmt.pct(row['param_reduction']):>6}  "
+              f"{row['worker_host'] or ''}" + (f"  ({row['stop_reason']})" if row["stop_reason"] else ""))
+    if not results.completed:
+        return 0
+    if not results.spread_measured:
+        print(results.no_spread_reason() + (" (set `repeats: 3` in the config to measure it)"
+                                            if len(results.seeds) < 2 else ""))
+        return 0
+    print("configurations (mean ± half-width of the 95 % interval over their seeds):")
+    for row in results.summaries:
+        pruner = "baseline" if row["kind"] == "baseline" else row["pruner"]
+        print(f"  {row['model']:<16} {pruner:<10} {fmt.rate(row['rate']):>7}  {row['n']} seeds  "
+              f"acc {accuracy_text(row):>14}  params -{fmt.pct(row['param_reduction']):>6}")
     return 0
 
 
@@ -195,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="output folder for models and the report (overrides `output_dir`)")
     run.add_argument("--data-root", type=Path, help="data set folder (overrides `data_root`)")
     run.add_argument("--weights-dir", type=Path, help="pretrained weights cache (overrides `weights_dir`)")
+    run.add_argument("--repeats", type=int, metavar="N",
+                     help="run every configuration with N seeds: seed, seed+1, ... (overrides `repeats`; "
+                          "the sweep keeps its id, so a finished sweep gains the new seeds' trials)")
     run.set_defaults(func=_run)
 
     status = sub.add_parser("status", help="show a sweep's trials and their status")

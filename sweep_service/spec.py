@@ -24,10 +24,11 @@ from sweep_service.report import fmt
 # 3: channels are chosen per group of coupled layers (`grouping`, `allocation`).
 KEY_VERSION = 3
 
-# A trial's kind and the states it goes through, as the store records them.
+# A trial's kind and the states it goes through, as the store records them. SKIPPED: not run
+# because an adaptive search stopped its line (sweep_service.coordinator.search).
 BASELINE, PRUNED = "baseline", "pruned"
-PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
-STATUSES = (PENDING, RUNNING, COMPLETED, FAILED)
+PENDING, RUNNING, COMPLETED, FAILED, SKIPPED = "pending", "running", "completed", "failed", "skipped"
+STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, SKIPPED)
 
 
 def identity(**kwargs) -> Any:

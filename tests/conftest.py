@@ -1,10 +1,13 @@
 """Shared fixtures: a synthetic CIFAR-10-format data set made once per test session,
-small sweep configs pointing into tmp folders, and zoo models as after training."""
+small sweep configs pointing into tmp folders, zoo models as after training, and the
+smoke config run with three seeds on a fresh clone of the project."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +49,45 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 900) -> subproce
     """Run `python -m sweep_service ARGS` as a user would."""
     return subprocess.run([sys.executable, "-m", "sweep_service", *args], cwd=REPO, text=True,
                           capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def fresh_clone(dest: Path) -> Path:
+    """The project as a newcomer's `git clone` has it: the files git tracks (and new ones it
+    would), committed in a repository of their own; no data, results or virtualenv."""
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():  # a tracked file deleted in the working tree is not in a clone either
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    git = ["git", "-C", str(dest), "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "clone"], check=True)
+    return dest
+
+
+def run_in(clone: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    """Run `python -m sweep_service ARGS` in `clone`, on the clone's own code and plugins."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SWEEP_PLUGINS_DIR", "RAY_ADDRESS")}
+    return subprocess.run([sys.executable, "-m", "sweep_service", *args], cwd=clone, text=True, capture_output=True,
+                          timeout=timeout, env={**env, "PYTHONPATH": str(clone)})
+
+
+@pytest.fixture(scope="session")
+def smoke_three_seeds(tmp_path_factory) -> dict:
+    """configs/smoke.yaml with three seeds (`--repeats 3`), run on a fresh clone as its
+    README says: data generated, results and report in the clone's results/."""
+    clone = fresh_clone(tmp_path_factory.mktemp("clone"))
+    started = time.perf_counter()
+    result = run_in(clone, "run", "configs/smoke.yaml", "--repeats", "3")
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    commit = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    return dict(clone=clone, db=clone / "results" / "smoke.db", report=clone / "results" / "smoke" / "report",
+                stdout=result.stdout, seconds=seconds, commit=commit)
 
 
 @pytest.fixture

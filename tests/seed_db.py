@@ -5,10 +5,13 @@ tests; parse a report page.
 The figures follow the reference study's story (see shared/REFERENCE.md): resnet50
 degrades least (about 95 % unpruned, about 80 % at rate 0.8), vgg16 collapses past
 0.4; alexnet, vgg16 and resnet50 lose parameters in proportion to the rate while the
-others level off past 0.4. They are deterministic, so tests can name expected trials.
+others level off past 0.4. They are deterministic, so tests can name expected trials. Seed 0 has the figures it
+always had; other seeds add a seed's own noise (about a point of accuracy, as measured on
+real trials), so that sweeps with repeats have spread to show.
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -38,12 +41,18 @@ PROFILES: dict[str, tuple[float, int, int, float, float, bool]] = {
     "resnet18": (0.930, 11_181_642, 148_000_000, 3.9, 0.20, True),
 }
 PRUNER_BONUS = {"l1norm": 0.0, "l2norm": 0.002, "fpgm": 0.012}
+SEED_NOISE = 0.01  # accuracy spread of one configuration over seeds
+WORKER_VERSIONS = {"python": "3.11.7", "torch": "2.14.1+cu130", "torchvision": "0.29.1", "nni": "3.0",
+                   "ray": "2.60.0"}
 
 
-def figures(model: str, pruner: str, rate: float) -> dict[str, Any]:
-    """The result fields of one completed trial (rate 0 / pruner 'none' is the baseline)."""
+def figures(model: str, pruner: str, rate: float, seed: int = 0, *, pruned_figures: bool = True) -> dict[str, Any]:
+    """The result fields of one completed trial (rate 0 / pruner 'none' is the baseline).
+    Without `pruned_figures`, as recorded before trials reported their accuracy before
+    fine-tuning, achieved sparsity and worker versions."""
     base_acc, params, macs, latency, drop80, linear = PROFILES[model]
     noise = random.Random(f"{model}/{pruner}/{rate}")
+    seed_noise = random.Random(f"{model}/{pruner}/{rate}/{seed}").gauss(0, SEED_NOISE) if seed else 0.0
     if rate == 0:
         accuracy, reduction = base_acc, 0.0
     elif model == "vgg16":
@@ -55,9 +64,21 @@ def figures(model: str, pruner: str, rate: float) -> dict[str, Any]:
         accuracy += PRUNER_BONUS.get(pruner, 0.0) * rate + noise.uniform(-0.004, 0.004)
         reduction = 0.96 * rate if linear else (0.8 * rate if rate <= 0.4 else 0.32 + 0.22 * (rate - 0.4))
         reduction = min(0.97, max(0.0, reduction + noise.uniform(-0.008, 0.008)))
+    accuracy += seed_noise
     mac_reduction = min(0.97, reduction * 1.08)
     params_after = round(params * (1 - reduction))
+    extra: dict[str, Any] = {}
+    if pruned_figures:
+        extra["worker_versions_json"] = json.dumps(WORKER_VERSIONS, sort_keys=True)
+        if rate > 0:
+            own = random.Random(f"{model}/{pruner}/{rate}/pruned")  # the draws above stay as they were
+            # Before fine-tuning the criterion alone decides: accuracy falls fast towards chance.
+            before = 0.1 + (base_acc - 0.1) * (1 - rate) ** 2.5 + PRUNER_BONUS.get(pruner, 0.0) * 3 * rate
+            extra.update(accuracy_pruned=round(min(max(before + seed_noise + own.uniform(-0.01, 0.01), 0.09),
+                                                   0.999), 4),
+                         channel_sparsity=round(rate * (1.0 if linear else 0.9) + own.uniform(-0.01, 0.0), 4))
     return dict(
+        **extra,
         status=COMPLETED,
         accuracy=round(min(max(accuracy, 0.09), 0.999), 4),
         params_before=params, params_after=params_after, param_reduction=1 - params_after / params,
@@ -78,15 +99,16 @@ def seed_sweep(db_path: str | Path, *, models: Iterable[str] = REFERENCE_MODELS,
                failed: Iterable[tuple[str, str, float]] = (), done: int | None = None,
                constraints: dict[str, Any] | None = None, status: str = "finished",
                dataset: str = "synthetic", name: str = "reference", output_dir: str | Path | None = None,
-               links: bool = True, running: int = 0) -> str:
-    """Record a sweep of `models` x `pruners` x `rates`; returns its sweep id.
+               links: bool = True, running: int = 0, seeds: Iterable[int] = (0,),
+               pruned_figures: bool = True) -> str:
+    """Record a sweep of `models` x `pruners` x `rates` x `seeds`; returns its sweep id.
 
     `failed` trials are recorded as failures; with `done`, only the first `done` trials
     of the grid are recorded, the next `running` are marked running and the rest stay
     pending (a sweep in progress; pass status="running"). With
     `links` false, pruned rows lack baseline_accuracy/accuracy_drop (as before the
-    coordinator links them). A running sweep's lock is held, with a fresh heartbeat, as its
-    coordinator would hold it.
+    coordinator links them). `pruned_figures`: see figures(). A running sweep's lock is held,
+    with a fresh heartbeat, as its coordinator would hold it.
     """
     db_path = Path(db_path)
     config = parse_config({
@@ -94,6 +116,7 @@ def seed_sweep(db_path: str | Path, *, models: Iterable[str] = REFERENCE_MODELS,
         "dataset": dataset, "weights": "imagenet", "image_size": 64,
         "database": str(db_path), "output_dir": str(output_dir or db_path.parent / "out"),
         "constraints": constraints,
+        **({"seeds": list(seeds)} if list(seeds) != [0] else {}),
     })
     specs = list(expand(config))
     sweep_id = config.sweep_id()
@@ -101,10 +124,13 @@ def seed_sweep(db_path: str | Path, *, models: Iterable[str] = REFERENCE_MODELS,
     store.begin_sweep(sweep_id=sweep_id, name=config.name, config_json=config.to_json(),
                       dataset=config.dataset, weights=config.weights,
                       versions={"python": "3.11.7", "torch": "2.14.1", "torchvision": "0.29.1",
-                                "nni": "3.0", "ray": "2.60.0"})
+                                "nni": "3.0", "ray": "2.60.0"},
+                      provenance={"git_commit": "0123456789abcdef0123456789abcdef01234567", "git_dirty": False,
+                                  "git_note": "", "data_sha256": "ab" * 32, "data_files": 7,
+                                  "data_bytes": 31_000_000} if pruned_figures else None)
     store.add_trials(sweep_id, specs)
     failed = {(m, p, round(r, 6)) for m, p, r in failed}
-    baselines: dict[str, float] = {}
+    baselines: dict[tuple[str, int], float] = {}
     for spec in specs[:done]:
         if (spec.model, spec.pruner, round(spec.rate, 6)) in failed:
             store.mark_running(sweep_id, spec.key)
@@ -113,12 +139,12 @@ def seed_sweep(db_path: str | Path, *, models: Iterable[str] = REFERENCE_MODELS,
                 "error": "speedup failed: RuntimeError: shape mismatch in torch.cat: "
                          "[1, 64, 8, 8] vs [1, 61, 8, 8]\n  File \"nni/compression/speedup.py\", line 212"})
             continue
-        result = figures(spec.model, spec.pruner, spec.rate)
+        result = figures(spec.model, spec.pruner, spec.rate, spec.seed, pruned_figures=pruned_figures)
         if spec.kind == BASELINE:
-            baselines[spec.model] = result["accuracy"]
-        if links and spec.model in baselines:
-            result["baseline_accuracy"] = baselines[spec.model]
-            result["accuracy_drop"] = baselines[spec.model] - result["accuracy"]
+            baselines[(spec.model, spec.seed)] = result["accuracy"]
+        if links and (spec.model, spec.seed) in baselines:
+            result["baseline_accuracy"] = baselines[(spec.model, spec.seed)]
+            result["accuracy_drop"] = baselines[(spec.model, spec.seed)] - result["accuracy"]
         store.mark_running(sweep_id, spec.key)
         store.record(sweep_id, spec.key, result)
     if done is not None:

@@ -16,18 +16,20 @@ from sweep_service.worker.compute import (
     candidates,
     probe_formats,
 )
+from sweep_service.worker.data import ImageSet, TensorBatches
 from sweep_service.worker.training import evaluate, train
 
 CPU = torch.device("cpu")
 SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
 
 
-def batches(n: int = 4, size: int = 32):
-    """Noise plus a colour per class: learnable within a few steps."""
+def batches(n: int = 4, size: int = 32) -> TensorBatches:
+    """Noise plus a colour per class, as uint8 images: learnable within a few steps."""
     generator = torch.Generator().manual_seed(0)
-    colours = 2 * torch.randn(10, 3, 1, 1, generator=generator)
-    labels = [torch.randint(0, 10, (size,), generator=generator) for _ in range(n)]
-    return [(torch.randn(size, 3, 32, 32, generator=generator) + colours[y], y) for y in labels]
+    colours = 128 + 60 * torch.randn(10, 3, 1, 1, generator=generator)
+    labels = torch.randint(0, 10, (n * size,), generator=generator)
+    images = (colours[labels] + 25 * torch.randn(n * size, 3, 32, 32, generator=generator)).clamp(0, 255)
+    return TensorBatches(ImageSet(images.to(torch.uint8), labels), batch_size=size)
 
 
 def test_names_round_trip_and_unknown_names_are_refused():
@@ -48,8 +50,8 @@ def test_training_in_each_cpu_candidate_learns_and_evaluates_in_fp32(compute):
     torch.manual_seed(0)
     model = create_model("resnet18", weights="none")
     data = batches()
-    first, last = (train(model, data, epochs=epochs, optimizer_settings=SGD, device=CPU,
-                         steps_per_epoch=len(data), compute=chosen) for epochs in (1, 4))
+    first, last = (train(model, data, epochs=epochs, optimizer_settings=SGD, device=CPU, compute=chosen)
+                   for epochs in (1, 4))
     assert last < first / 2
     assert model.conv1.weight.dtype == torch.float32
     assert model.conv1.weight.is_contiguous(memory_format=chosen.memory_format)
@@ -61,7 +63,7 @@ def test_training_in_a_fixed_format_is_bit_identical_across_runs():
     for _ in range(2):
         torch.manual_seed(0)
         model = create_model("mobilenet_v2", weights="none")
-        train(model, batches(n=3), epochs=1, optimizer_settings=SGD, device=CPU, steps_per_epoch=3,
+        train(model, batches(n=3), epochs=1, optimizer_settings=SGD, device=CPU,
               compute=Compute("fp32", channels_last=True))
         found.append(model.state_dict())
     assert all(torch.equal(found[0][k], found[1][k]) for k in found[0])
@@ -70,7 +72,7 @@ def test_training_in_a_fixed_format_is_bit_identical_across_runs():
 def test_a_probe_times_every_candidate_fastest_first():
     torch.manual_seed(0)
     model = create_model("resnet18", weights="none")
-    timings = probe_formats(model, batches(n=1, size=16)[0], CPU, SGD)
+    timings = probe_formats(model, next(iter(batches(n=1, size=16))), CPU, SGD)
     assert set(timings) == {c.name for c in candidates(CPU)}
     assert list(timings.values()) == sorted(timings.values()) and min(timings.values()) > 0
 

@@ -54,6 +54,11 @@ def test_valid_config_resolves_paths_and_rate_ranges(tiny_config):
         ({"measure": {"runs": 0}}, ["measure.runs", "greater than 0"]),
         ({"measure": {"thread": 2}}, ["measure.thread", "unknown field", "threads"]),
         ({"latency_runs": 5}, ["latency_runs", "measure.runs"]),
+        ({"seeds": [0, 1], "repeats": 3}, ["`seeds`", "`repeats`", "not both"]),
+        ({"seeds": [0, 1], "seed": 5}, ["`seed`", "`seeds`", "not both"]),
+        ({"seeds": [1, 2, 1]}, ["seeds", "repeat a value"]),
+        ({"seeds": []}, ["seeds", "at least 1 item"]),
+        ({"repeats": 0}, ["repeats", "greater than 0"]),
         ({"grouping": "global"}, ["grouping", "'dependency' or 'layer'"]),
         ({"allocation": "greedy"}, ["allocation", "'uniform' or 'global'"]),
         ({"allocation": "global", "pruners": ["l1norm", "nni-taylor", "random"]},
@@ -70,6 +75,18 @@ def test_bad_field_names_the_field_and_allowed_values(tiny_config, changes, expe
     message = str(info.value)
     for fragment in expected:
         assert fragment in message, f"{fragment!r} not in:\n{message}"
+
+
+@pytest.mark.parametrize("changes, seeds", [
+    ({}, [0]),
+    ({"seed": 7}, [7]),
+    ({"repeats": 3}, [0, 1, 2]),
+    ({"seed": 5, "repeats": 2}, [5, 6]),
+    ({"seeds": [3, 1, 4]}, [3, 1, 4]),
+])
+def test_seed_seeds_and_repeats_give_the_seeds_to_run(tiny_config, changes, seeds):
+    path, _ = tiny_config(**changes)
+    assert load_config(path).run_seeds == seeds
 
 
 def test_missing_required_field(tiny_config):
@@ -116,6 +133,16 @@ def test_cli_rejects_bad_config_before_anything_is_recorded_or_run(tiny_config, 
     assert expected in result.stderr
     assert "Ray" not in result.stderr + result.stdout
     assert not Path(config["database"]).exists(), "a database was written for a bad config"
+
+
+def test_cli_repeats_override_is_validated_with_the_config(tiny_config):
+    path, config = tiny_config(seeds=[0, 1])
+    result = run_cli("run", str(path), "--repeats", "3", timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "both `seeds` and `repeats` are set" in result.stderr
+    result = run_cli("run", str(path), "--repeats", "0", timeout=120)
+    assert result.returncode == 2 and "repeats: Input should be greater than 0" in result.stderr
+    assert not Path(config["database"]).exists()
 
 
 def test_cli_rejects_missing_and_malformed_files(tmp_path):

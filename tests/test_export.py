@@ -69,7 +69,7 @@ def test_json_has_the_sweep_and_parsed_specs(db, stored, capsys):
     assert data["sweep"]["status"] == "running"
     assert data["sweep"]["config"]["models"] == ["resnet18", "mobilenet_v2"]
     assert data["sweep"]["versions"]["torch"] == "2.14.1"
-    assert data["sweep"]["counts"] == {"completed": 7, "failed": 1, "running": 1, "pending": 1}
+    assert data["sweep"]["counts"] == {"completed": 7, "failed": 1, "skipped": 0, "running": 1, "pending": 1}
     assert len(data["trials"]) == len(trials)
     first = data["trials"][0]
     assert set(first) == (set(TRIAL_COLUMNS) - {"spec_json"}) | {"spec"}

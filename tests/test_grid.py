@@ -36,6 +36,23 @@ def test_keys_ignore_paths_and_resources_but_not_training(tiny_config, tmp_path)
     assert set(changed[1:]).isdisjoint(base[1:])
 
 
+def test_each_seed_has_its_own_baseline_and_widening_the_seeds_keeps_the_sweep(tiny_config):
+    path, _ = tiny_config(models=["resnet18", "mobilenet_v2"])
+    one = list(expand(load_config(path)))
+    path3, _ = tiny_config(models=["resnet18", "mobilenet_v2"], repeats=3)
+    three = list(expand(load_config(path3)))
+    assert len(three) == 3 * len(one) == 2 * 3 * (1 + 2 * 2)
+    baselines = {(s.model, s.seed): s for s in three if s.kind == "baseline"}
+    assert sorted(baselines) == [(m, seed) for m in ("mobilenet_v2", "resnet18") for seed in (0, 1, 2)]
+    for spec in three:
+        if spec.kind == "pruned":
+            assert spec.baseline_key == baselines[(spec.model, spec.seed)].key
+    # Seed 0 is the one-seed sweep: same trials, same keys, same sweep.
+    assert [s.key for s in three if s.seed == 0] == [s.key for s in one]
+    assert load_config(path3).sweep_id() == load_config(path).sweep_id()
+    assert len({s.key for s in three}) == len(three)
+
+
 def test_grouping_and_allocation_are_part_of_a_trials_identity(tiny_config):
     path, _ = tiny_config()
     base = list(expand(load_config(path)))

@@ -58,9 +58,10 @@ def test_choice_is_the_most_accurate_that_meets_every_limit(results):
 
 
 def test_ties_go_to_fewer_parameters(results):
-    a = {**results.completed[0], "key": "a", "accuracy": 0.9, "params_after": 5_000_000, "latency_ms": 3.0}
-    b = {**a, "key": "b", "params_after": 4_000_000}
-    c = {**a, "key": "c", "params_after": 4_000_000, "latency_ms": 2.0}
+    a = {**results.completed[0], "kind": "pruned", "pruner": "l1norm", "rate": 0.1, "key": "a", "accuracy": 0.9,
+         "params_after": 5_000_000, "latency_ms": 3.0}
+    b = {**a, "rate": 0.2, "key": "b", "params_after": 4_000_000}
+    c = {**a, "rate": 0.3, "key": "c", "params_after": 4_000_000, "latency_ms": 2.0}
     tiny = SweepResults(sweep=results.sweep, trials=[a, b, c], dataset_label="x")
     assert recommend(tiny, Limits(max_params=6_000_000)).chosen["key"] == "c"
 

@@ -24,8 +24,9 @@ from sweep_service.report.page import render_page
 from sweep_service.report.results import load_results
 
 FAILED = [("googlenet", "fpgm", 0.8), ("densenet121", "l1norm", 0.7)]
-GRID_CHARTS = ["accuracy_vs_rate.png", "param_reduction_vs_rate.png", "accuracy_vs_parameters.png",
-               "accuracy_vs_macs.png", "accuracy_vs_latency.png"]
+GRID_CHARTS = ["accuracy_vs_rate.png", "accuracy_pruned_vs_rate.png", "param_reduction_vs_rate.png",
+               "accuracy_vs_sparsity.png", "accuracy_vs_parameters.png", "accuracy_vs_macs.png",
+               "accuracy_vs_latency.png"]
 DATASET = "synthetic CIFAR-10 format"
 
 
@@ -75,7 +76,7 @@ def test_page_shows_tables_metadata_and_relative_links(reference):
     html = reference["index"].read_text()
     page = parse_page(html)
     srcs = [img["src"] for img in page.images]
-    assert len(srcs) == 12
+    assert len(srcs) == 14
     for src in srcs:
         assert "://" not in src and not src.startswith("/")
         assert (reference["out"] / src.split("?")[0]).is_file()
@@ -98,7 +99,7 @@ def test_page_shows_tables_metadata_and_relative_links(reference):
     assert f"{f['latency_ms']:.3g} ms" in resnet
     # Metadata: data set, weights, versions, config, times, counts.
     for text in (DATASET, "ImageNet-pretrained", "2.14.1", "nni", "&#34;image_size&#34;: 64",
-                 "173 completed, 2 failed, 0 running, 0 pending", "175 of 175 trials done",
+                 "173 completed, 2 failed, 0 skipped, 0 running, 0 pending", "175 of 175 trials done",
                  "generated synthetic data", reference["sweep_id"], "started:", "finished:"):
         assert text in html, text
     assert "trials.csv" in page.links and (reference["out"] / "trials.csv").is_file()
@@ -250,7 +251,7 @@ def test_cli_report_defaults_to_the_sweeps_output_dir(tmp_path, capsys):
     assert main(["report", "--db", str(db)]) == 0
     out = capsys.readouterr().out
     assert f"report: {report / 'index.html'}" in out
-    assert "2 completed, 0 failed, 0 running, 0 pending; 6 charts" in out
+    assert "2 completed, 0 failed, 0 skipped, 0 running, 0 pending; 8 charts" in out
     assert (report / "index.html").is_file()
     assert not (report / "model_gone.png").exists()
     assert sorted(p.name for p in report.iterdir() if p.name.startswith(".")) == [".charts.json"]

@@ -1,4 +1,6 @@
-"""The report as a person sees it: served over HTTP, rendered by headless Chromium.
+"""The report as a person sees it: served over HTTP, rendered by headless Chromium: the
+seeded reference grid, and the smoke sweep run with three seeds (intervals and the
+pairwise comparison of pruners, checked on a screenshot).
 
 Uses Debian's `chromium` (no browser download). Skipped with the reason when it is
 missing on a developer's machine; in CI (CI set) a missing browser is a failure, so
@@ -6,6 +8,7 @@ the test never passes there by not running.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import json
@@ -19,6 +22,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from seed_db import copy_kept_report, seeded_copy
 
 from sweep_service.cli import main
@@ -50,6 +54,8 @@ window.addEventListener("load", function () {
   var values = Array.prototype.map.call(table.tBodies[0].rows, function (row) {
     return parseFloat(row.cells[col].getAttribute("data-v"));
   });
+  var pairwise = document.getElementById("pairwise").getBoundingClientRect();
+  var best = document.getElementById("best-table");
   var out = document.createElement("pre");
   out.id = "browser-check";
   out.textContent = JSON.stringify({
@@ -58,7 +64,14 @@ window.addEventListener("load", function () {
     completedRows: table.querySelectorAll("tbody tr[data-status=completed]").length,
     failedRows: document.querySelectorAll("#failed-table tbody tr").length,
     sortedFirst: values[0], maxAccuracy: Math.max.apply(null, values),
-    sortState: headers[col].getAttribute("aria-sort")
+    sortState: headers[col].getAttribute("aria-sort"),
+    pairwiseRows: document.querySelectorAll("table.pairwise tbody tr").length,
+    pairwiseBox: {top: pairwise.top + window.scrollY, bottom: pairwise.bottom + window.scrollY,
+                  left: pairwise.left, right: pairwise.right},
+    bestAccuracies: Array.prototype.map.call(best.tBodies[0].rows, function (row) {
+      return row.cells[3].textContent.trim();
+    }),
+    spreadNote: document.getElementById("spread-note").textContent
   });
   document.body.appendChild(out);
 });
@@ -100,6 +113,21 @@ class _Handler(SimpleHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def _serve(report: Path):
+    """Serve a report folder on 127.0.0.1, recording the requests."""
+    requests: list[tuple[str, int]] = []
+    handler = functools.partial(type("Handler", (_Handler,), {"requests": requests}), directory=str(report))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield dict(url=f"http://127.0.0.1:{server.server_address[1]}/index.html", report=report, requests=requests)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The full reference grid's report, written by the CLI and served on 127.0.0.1."""
@@ -109,18 +137,8 @@ def served(tmp_path_factory):
     # them up to date and writes the page alone.
     copy_kept_report("reference", root / "report")
     assert main(["report", "--db", str(db), "--out", str(root / "report")]) == 0
-    requests: list[tuple[str, int]] = []
-    handler = functools.partial(type("Handler", (_Handler,), {"requests": requests}),
-                                directory=str(root / "report"))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield dict(url=f"http://127.0.0.1:{server.server_address[1]}/index.html", root=root,
-                   report=root / "report", requests=requests)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serve(root / "report") as server:
+        yield dict(server, root=root)
 
 
 def _chromium(binary: str, profile: Path, *args: str) -> subprocess.Popen:
@@ -140,6 +158,12 @@ def _finish(proc: subprocess.Popen, what: str) -> str:
     return out
 
 
+def _check(dom: str) -> dict:
+    match = re.search(r'<pre id="browser-check">(.*?)</pre>', dom, re.S)
+    assert match, "the page's load event never ran the check:\n" + dom[-2000:]
+    return json.loads(html.unescape(match.group(1)))
+
+
 def test_report_renders_in_chromium(served, tmp_path):
     binary = chromium()
     shot = tmp_path / "report.png"
@@ -150,13 +174,10 @@ def test_report_renders_in_chromium(served, tmp_path):
                           "--window-size=1400,3000", served["url"])
     dom = _finish(dom_proc, "--dump-dom")
     _finish(shot_proc, "--screenshot")
-
-    match = re.search(r'<pre id="browser-check">(.*?)</pre>', dom, re.S)
-    assert match, "the page's load event never ran the check:\n" + dom[-2000:]
-    check = json.loads(html.unescape(match.group(1)))
+    check = _check(dom)
 
     pngs = sorted(p.name for p in served["report"].glob("*.png"))
-    assert len(check["images"]) == len(pngs) == 12
+    assert len(check["images"]) == len(pngs) == 14
     broken = [img for img in check["images"] if not (img["complete"] and img["width"] > 0)]
     assert not broken, f"images that did not load: {broken}"
     assert all(img["width"] >= 700 for img in check["images"])
@@ -173,6 +194,38 @@ def test_report_renders_in_chromium(served, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copyfile(shot, ARTIFACTS / "report-screenshot.png")
     (ARTIFACTS / "report-dom.html").write_text(dom)
+
+
+@pytest.mark.slow
+def test_report_with_three_seeds_shows_intervals_and_the_pairwise_table(smoke_three_seeds, tmp_path):
+    """The smoke sweep run with three seeds on a fresh clone: every chart loads, the best
+    configurations read mean ± half-width, and the pairwise table is on screen (a crop of
+    the screenshot where the browser laid it out holds text, not a blank)."""
+    binary = chromium()
+    with _serve(smoke_three_seeds["report"]) as server:
+        check = _check(_finish(_chromium(binary, tmp_path / "profile-dom", "--window-size=1400,3000",
+                                         "--dump-dom", server["url"]), "--dump-dom"))
+        box = check["pairwiseBox"]
+        height = min(int(box["bottom"]) + 40, 16000)
+        shot = tmp_path / "seeds.png"
+        _finish(_chromium(binary, tmp_path / "profile-shot", f"--screenshot={shot}",
+                          f"--window-size=1400,{height}", server["url"]), "--screenshot")
+
+    pngs = sorted(p.name for p in smoke_three_seeds["report"].glob("*.png"))
+    assert len(check["images"]) == len(pngs) >= 5
+    assert all(img["complete"] and img["width"] >= 700 for img in check["images"]), check["images"]
+    assert check["rows"] == 42 and check["failedRows"] == 0
+    assert check["pairwiseRows"] == 2 * 2 * 3  # two models, two rates, three pairs of pruners
+    assert len(check["bestAccuracies"]) == 2 and all(" ± " in a for a in check["bestAccuracies"])
+    assert "ran with 3 seeds" in check["spreadNote"]
+
+    with Image.open(shot) as image:
+        assert image.size == (1400, height)
+        table = image.convert("L").crop((int(box["left"]), int(box["top"]), int(box["right"]), int(box["bottom"])))
+        dark = sum(table.histogram()[:128])
+    assert dark > 2000, f"the pairwise table's area of the screenshot is nearly blank ({dark} dark pixels)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copyfile(shot, ARTIFACTS / "report-seeds-screenshot.png")
 
 
 class _LiveHandler(SimpleHTTPRequestHandler):

@@ -42,7 +42,8 @@ def test_trials_table_schema_and_idempotent_insert(tiny_config, tmp_path):
     rows = store.trials(config.sweep_id())
     assert {(r["kind"], r["grouping"], r["allocation"]) for r in rows} == {("baseline", None, None),
                                                                           ("pruned", "dependency", "uniform")}
-    assert store.counts(config.sweep_id()) == {"pending": len(specs), "running": 0, "completed": 0, "failed": 0}
+    assert store.counts(config.sweep_id()) == {"pending": len(specs), "running": 0, "completed": 0, "failed": 0,
+                                               "skipped": 0}
 
 
 def test_record_link_baselines_and_reset(tiny_config, tmp_path):
@@ -128,6 +129,39 @@ def test_variants_and_their_measurements(tiny_config, tmp_path):
     assert store.trials(sweep_id, kind="baseline")[0]["latency_ms"] is None
     assert needs_measuring(store, sweep_id)
     assert [v["size_bytes"] for v in store.variants(sweep_id) if v["format"] == "fp32"] == [5]
+
+
+def test_each_pruned_trial_links_to_the_baseline_of_its_own_seed(tiny_config, tmp_path):
+    config = load_config(tiny_config(repeats=2)[0])
+    specs = list(expand(config))
+    store = ResultStore(tmp_path / "r.db")
+    store.begin_sweep(sweep_id=config.sweep_id(), name=config.name, config_json=config.to_json(),
+                      dataset=config.dataset, weights=config.weights, versions={})
+    sweep_id = config.sweep_id()
+    store.add_trials(sweep_id, specs)
+    for spec in specs:
+        store.mark_running(sweep_id, spec.key)
+        accuracy = (0.8 if spec.seed == 0 else 0.6) - (0.1 if spec.kind == "pruned" else 0.0)
+        store.record(sweep_id, spec.key, {"status": "completed", "accuracy": accuracy})
+    store.link_baselines(sweep_id)
+    rows = store.trials(sweep_id, kind="pruned")
+    assert {r["seed"] for r in rows} == {0, 1}
+    for row in rows:
+        assert row["baseline_accuracy"] == (0.8 if row["seed"] == 0 else 0.6)
+        assert abs(row["accuracy_drop"] - 0.1) < 1e-9
+
+
+def test_rows_from_before_the_seed_column_get_their_seed_when_the_sweep_runs_again(tiny_config, tmp_path):
+    config, specs, store = _setup(tiny_config, tmp_path)
+    sweep_id = config.sweep_id()
+    store.add_trials(sweep_id, specs)
+    store.engine.dispose()
+    with sqlite3.connect(tmp_path / "r.db") as con:  # as written before the column existed
+        con.execute("ALTER TABLE trials DROP COLUMN seed")
+    reopened = ResultStore(tmp_path / "r.db")
+    assert {r["seed"] for r in reopened.trials(sweep_id)} == {None}
+    assert reopened.add_trials(sweep_id, specs) == 0
+    assert {r["seed"] for r in reopened.trials(sweep_id)} == {0}
 
 
 # Whose file it is, and read-only use ---------------------------------------------------------

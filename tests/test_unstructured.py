@@ -12,6 +12,7 @@ from sweep_service.plugin_cli import PASS, check_plugin
 from sweep_service.plugins import get_plugin, load_plugins
 from sweep_service.worker import unstructured
 from sweep_service.worker.compute import Compute
+from sweep_service.worker.data import ImageSet, TensorBatches
 from sweep_service.worker.pruning import MaskError, select_layers
 from sweep_service.worker.training import train
 from tests.conftest import REPO, run_cli
@@ -28,12 +29,12 @@ def test_masked_weights_stay_zero_through_fine_tuning_and_after():
 
     unstructured.apply_masks(model, masks)
     generator = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(16, 3, 32, 32, generator=generator), torch.randint(0, 10, (16,), generator=generator))
-               for _ in range(3)]
+    images = torch.randint(0, 256, (48, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    batches = TensorBatches(ImageSet(images, torch.randint(0, 10, (48,), generator=generator)), batch_size=16)
     before = {name: module.weight_orig.detach().clone() for name, module in model.named_modules() if name in masks}
     train(model, batches, epochs=1, optimizer_settings={"name": "sgd", "lr": 0.1, "momentum": 0.9,
                                                         "weight_decay": 5e-4},
-          device=torch.device("cpu"), steps_per_epoch=3, compute=Compute("fp32", channels_last=True))
+          device=torch.device("cpu"), compute=Compute("fp32", channels_last=True))
     unstructured.make_permanent(model)
     modules = dict(model.named_modules())
     for name, by_param in masks.items():

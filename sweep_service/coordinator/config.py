@@ -103,6 +103,30 @@ class MeasureSettings(_Strict):
         return sorted(sizes)
 
 
+class AdaptiveSettings(_Strict):
+    """How `search: adaptive` decides what to run (see docs/search.md).
+
+    A line (a model and pruner's rates, low to high) stops at the first rate whose accuracy is
+    below the floor: `min_accuracy`, or `max_drop` below the model's baseline (both: the
+    higher); with neither, when accuracy is within noise of chance. Every pruned trial first
+    fine-tunes to the `rungs` (fractions of its steps, increasing) and continues past each
+    only while it could still reach the Pareto front of accuracy against `front`."""
+
+    min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    max_drop: float | None = Field(None, gt=0.0, le=1.0)
+    rungs: list[float] = Field(default_factory=lambda: [0.25])
+    front: Literal["params", "macs"] = "params"
+    refine: bool = False
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs_increase_inside_the_budget(cls, rungs: list[float]) -> list[float]:
+        if any(not 0.0 < r < 1.0 for r in rungs) or rungs != sorted(set(rungs)):
+            raise ValueError(f"rungs must be increasing fractions strictly between 0 and 1 (the full fine-tune "
+                             f"is always the last rung), got {rungs}; e.g. [0.25], or [] for no early stopping")
+        return rungs
+
+
 MAX_RATES = 1000  # more rates than any chart or person can tell apart
 
 
@@ -141,8 +165,13 @@ class SweepConfig(_Strict):
     eval_batch_size: PositiveInt = 512
     optimizer: OptimizerConfig = OptimizerConfig()
     augment: bool = True
+    # Repeats: `seed` alone runs one seed; `seeds` lists the seeds to run; `repeats: N` runs
+    # seed, seed+1, ..., seed+N-1. Each seed is a trial of every (model, pruner, rate) with its
+    # own baseline, so that the report can give each configuration a mean and an interval.
     seed: int = Field(0, ge=0, lt=2**32)  # what every random generator of a trial accepts
-    train_subset: int | None = None
+    seeds: list[int] | None = Field(None, min_length=1)
+    repeats: PositiveInt | None = None
+    train_subset: PositiveInt | None = None
     test_subset: PositiveInt | None = None
     calibration_batches: PositiveInt = 4
     layers: LayerSelection = LayerSelection()
@@ -174,6 +203,9 @@ class SweepConfig(_Strict):
     database: Path = Path("results/sweep.db")
     output_dir: Path = Path("results")
     constraints: Constraints | None = None
+    # `grid` runs every trial in full; `adaptive` only what can reach the Pareto front.
+    search: Literal["grid", "adaptive"] = "grid"
+    adaptive: AdaptiveSettings = AdaptiveSettings()
 
     @field_validator("rates", mode="before")
     @classmethod
@@ -274,11 +306,42 @@ class SweepConfig(_Strict):
             raise ValueError(f"unknown compute {value!r}; choose auto or one of {', '.join(CHOICES)}")
         return value
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds repeat a value: {seeds}")
+        return seeds
+
+    @model_validator(mode="after")
+    def _one_way_to_give_seeds(self) -> "SweepConfig":
+        if self.seeds is not None and self.repeats is not None:
+            raise ValueError("both `seeds` and `repeats` are set: give `seeds` (a list) or `repeats` "
+                             "(runs seed, seed+1, ...), not both")
+        if self.seeds is not None and "seed" in self.model_fields_set:
+            raise ValueError("both `seed` and `seeds` are set: give `seed` (one run, or the first of "
+                             "`repeats`) or `seeds` (a list), not both")
+        return self
+
+    @property
+    def run_seeds(self) -> list[int]:
+        """The seeds each (model, pruner, rate) runs with, in order."""
+        if self.seeds is not None:
+            return list(self.seeds)
+        return [self.seed + i for i in range(self.repeats or 1)]
+
     @model_validator(mode="after")
     def _fp16_needs_gpus(self) -> "SweepConfig":
         if self.compute.startswith("fp16") and self.resources.gpus == 0:
             raise ValueError(f"compute {self.compute} runs only on GPUs but resources.gpus is 0; "
                              "set resources.gpus or use compute: auto, bf16 or fp32")
+        return self
+
+    @model_validator(mode="after")
+    def _adaptive_settings_need_adaptive_search(self) -> "SweepConfig":
+        if "adaptive" in self.model_fields_set and self.search != "adaptive":
+            raise ValueError("`adaptive` settings are given but `search` is grid, which ignores them; "
+                             "set `search: adaptive` or remove `adaptive`")
         return self
 
     @model_validator(mode="after")

@@ -26,7 +26,6 @@ def _common(config: SweepConfig) -> dict[str, Any]:
         eval_batch_size=config.eval_batch_size,
         optimizer=config.optimizer.model_dump(),
         augment=config.augment,
-        seed=config.seed,
         train_subset=config.train_subset,
         test_subset=config.test_subset,
         calibration_batches=config.calibration_batches,
@@ -43,21 +42,24 @@ def _common(config: SweepConfig) -> dict[str, Any]:
     )
 
 
-def baseline_spec(config: SweepConfig, model: str) -> TrialSpec:
-    return TrialSpec(kind=BASELINE, model=model, pruner="none", rate=0.0,
+def baseline_spec(config: SweepConfig, model: str, seed: int) -> TrialSpec:
+    return TrialSpec(kind=BASELINE, model=model, pruner="none", rate=0.0, seed=seed,
                      epochs=config.baseline_epochs, baseline_key=None, **_common(config))
 
 
 def expand(config: SweepConfig) -> Iterator[TrialSpec]:
-    """Baseline of each model first, then model x pruner x rate, in config order."""
+    """Per model and seed: the baseline, then pruner x rate, in config order. A pruned
+    trial starts from the baseline of its own seed, so that two pruners of one seed share
+    a baseline and their difference is a paired one."""
     for model in config.models:
-        baseline = baseline_spec(config, model)
-        yield baseline
-        for pruner in config.pruners:
-            for rate in config.rates:
-                yield TrialSpec(kind=PRUNED, model=model, pruner=pruner, rate=rate,
-                                epochs=config.finetune_epochs, baseline_key=baseline.key,
-                                **_common(config))
+        for seed in config.run_seeds:
+            baseline = baseline_spec(config, model, seed)
+            yield baseline
+            for pruner in config.pruners:
+                for rate in config.rates:
+                    yield TrialSpec(kind=PRUNED, model=model, pruner=pruner, rate=rate, seed=seed,
+                                    epochs=config.finetune_epochs, baseline_key=baseline.key,
+                                    **_common(config))
 
 
 def sweep_id(config: SweepConfig) -> str:

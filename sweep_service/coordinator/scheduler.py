@@ -17,6 +17,10 @@ longer than `time_limit_s` is `overdue` (the dispatcher cancels it and records w
 Where a task can run is counted node by node (`node_slots`): a trial cannot span nodes, so
 a request no single node can hold waits for ever, however many CPUs the cluster has in
 total; `unplaceable` names those tasks.
+
+With an adaptive search (sweep_service.coordinator.search) the search also decides which
+pruned trials may start and how far each trains (its tasks are RungRuns), and a slot that
+would otherwise idle lets a trial waiting at a rung train on.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Union
 
+from sweep_service.coordinator.search import AdaptiveSearch, Decision, RungRun
 from sweep_service.spec import BASELINE, COMPLETED, TrialSpec
 
 # The last trials are chosen by looking ahead (pick_next) once at most this many per slot
@@ -55,12 +60,12 @@ class FormatProbe:
         return f"{self.spec.model} format probe"
 
 
-Task = Union[TrialSpec, FormatProbe]
+Task = Union[TrialSpec, FormatProbe, RungRun]
 Request = tuple[float, float]  # (CPUs, GPUs) a task asks for
 
 
 def request_of(task: Task) -> Request:
-    spec = task.spec if task.kind == PROBE else task
+    spec = task if isinstance(task, TrialSpec) else task.spec
     return spec.cpus, spec.gpus
 
 
@@ -142,7 +147,8 @@ class Scheduler:
     """The sweep's queue. `specs`: every trial of the sweep, in grid order; `done`: keys of
     trials finished in an earlier run that need not run again; `checkpoints`: keys of
     completed baselines whose checkpoint can be handed to their trials; `formats`: each
-    model's known training format, or None if the sweep fixes one (no probes);
+    model's known training format, or None if the sweep fixes one (no probes); `search`:
+    the adaptive search over `specs`, or None to run the full grid;
     `time_limit_s`: how long a task may run, from its start."""
 
     specs: list[TrialSpec]
@@ -150,6 +156,7 @@ class Scheduler:
     checkpoints: set[str] = field(default_factory=set)
     formats: dict[str, str] | None = None
     max_retries: int = 2
+    search: AdaptiveSearch | None = None
     time_limit_s: float = math.inf
 
     def __post_init__(self) -> None:
@@ -170,6 +177,8 @@ class Scheduler:
         self.attempts: dict[str, int] = {}
         self.speeds: dict[str, list[tuple[float, float]]] = {}  # model -> (share kept, s per epoch)
         self.overheads: dict[str, list[float]] = {}  # model -> seconds besides epochs, pruned trials
+        if self.search is not None:
+            self._follow_search()
 
     # what can run -------------------------------------------------------------------------
     @property
@@ -181,12 +190,15 @@ class Scheduler:
             return False
         if self.formats is not None and spec.model not in self.formats:
             return False
-        return spec.kind == BASELINE or spec.baseline_key in self.checkpoints
+        if spec.kind == BASELINE:
+            return True
+        return spec.baseline_key in self.checkpoints and (self.search is None or self.search.may_start(spec))
 
     def ready(self) -> list[Task]:
         """Tasks that could start now, probes first, then baselines, in grid order."""
         probes = [p for p in self.probes if p.key not in self.running]
-        trials = [s for s in self.todo if self._can_start(s)]
+        trials = [s if self.search is None or s.kind == BASELINE else self.search.task(s)
+                  for s in self.todo if self._can_start(s)]
         return [*probes, *sorted(trials, key=lambda s: s.kind != BASELINE)]
 
     def blocked(self) -> bool:
@@ -199,6 +211,8 @@ class Scheduler:
         chosen: list[Task] = []
         for _ in range(max(free_slots, 0)):
             ready = self.ready()
+            if not ready and self.search is not None and self.search.promote():
+                ready = self.ready()
             if not ready:
                 break
             task = ready[0] if ready[0].kind in (PROBE, BASELINE) else self._longest_or_planned(
@@ -231,6 +245,8 @@ class Scheduler:
     def start(self, task: Task, now: float) -> None:
         self.attempts[task.key] = self.attempts.get(task.key, 0) + 1
         self.running[task.key] = Running(task, now, self.attempts[task.key])
+        if self.search is not None:
+            self.search.started(task)
 
     def probe_done(self, probe: FormatProbe, fastest: str) -> None:
         """The model's format is known: its trials may start."""
@@ -238,11 +254,15 @@ class Scheduler:
         self.probes = [p for p in self.probes if p.key != probe.key]
         self.formats[probe.model] = fastest
 
-    def trial_done(self, spec: TrialSpec, status: str, figures: dict[str, Any] | None = None) -> list[NotRun]:
-        """A trial ended with `status` (as recorded). Returns the trials that will not run
-        because of it: a failed baseline's pruned trials."""
+    def trial_done(self, spec: TrialSpec | RungRun, status: str, figures: dict[str, Any] | None = None) -> list[NotRun]:
+        """A trial (or a rung of one) ended with `status` (as recorded). Returns the trials
+        that will not run because of it: a failed baseline's pruned trials."""
         self.running.pop(spec.key, None)
         self.todo = [s for s in self.todo if s.key != spec.key]
+        if self.search is not None:
+            self.attempts.pop(spec.key, None)  # a trial's next rung has retries of its own
+            self.search.result(spec, status, figures or {})
+            self._follow_search()
         if status == COMPLETED:
             self.note_times(spec, figures or {})
             if spec.kind == BASELINE:
@@ -252,13 +272,30 @@ class Scheduler:
             return []
         orphans = [s for s in self.todo if s.baseline_key == spec.key]
         self.todo = [s for s in self.todo if s.baseline_key != spec.key]
+        if self.search is not None:
+            for orphan in orphans:
+                self.search.forget(orphan.key)
+            self._follow_search()
         return [NotRun(s, f"baseline of {spec.model} failed; trial not run") for s in orphans]
+
+    def decisions(self) -> list[Decision]:
+        """The search's decisions since the last call (none without a search)."""
+        return self.search.take_decisions() if self.search is not None else []
+
+    def _follow_search(self) -> None:
+        """Queue the pruned trials the search has work for (added ones included), in grid order."""
+        self.specs = [*self.specs, *self.search.take_added()]
+        self.todo = [s for s in self.todo if s.kind == BASELINE] + [
+            s for s in self.specs if s.kind != BASELINE and s.key not in self.done and self.search.is_open(s.key)]
 
     def lost(self, task: Task) -> bool:
         """The task's worker died. True if it goes back to the queue; False if it has used
         up its retries (then the caller records it failed and calls trial_done)."""
         self.running.pop(task.key, None)
-        return self.attempts.get(task.key, 0) <= self.max_retries
+        retry = self.attempts.get(task.key, 0) <= self.max_retries
+        if retry and self.search is not None:
+            self.search.requeued(task)
+        return retry
 
     # estimates ------------------------------------------------------------------------------
     def note_times(self, spec: TrialSpec, figures: dict[str, Any]) -> None:
@@ -266,7 +303,9 @@ class Scheduler:
         seconds = (figures.get("time_finetune_s") or 0.0) + (figures.get("time_eval_s") or 0.0)
         if seconds <= 0:
             return
-        self.speeds.setdefault(spec.model, []).append((1 - spec.rate, seconds / max(spec.epochs, 1)))
+        # A RungRun's epochs are its run's share; a whole trial's result may be short of its epochs.
+        epochs = spec.epochs if isinstance(spec, RungRun) else spec.epochs * (figures.get("budget") or 1.0)
+        self.speeds.setdefault(spec.model, []).append((1 - spec.rate, seconds / (epochs or 1)))
         if spec.kind != BASELINE and figures.get("time_total_s"):
             self.overheads.setdefault(spec.model, []).append(figures["time_total_s"] - seconds)
 
@@ -275,7 +314,7 @@ class Scheduler:
         if task.kind in (PROBE, BASELINE):
             return math.inf
         overheads = self.overheads.get(task.model)
-        return (estimate_epoch_seconds(self.speeds.get(task.model, []), 1 - task.rate) * max(task.epochs, 1)
+        return (estimate_epoch_seconds(self.speeds.get(task.model, []), 1 - task.rate) * (task.epochs or 1)
                 + (statistics.median(overheads) if overheads else 0.0))
 
     def seconds_left(self, now: float) -> list[float]:

@@ -7,6 +7,9 @@ coordinator runs a sweep (sweep_service.coordinator.lock): each sweep has one wr
 completed trial's deployable files are rows of `variants` (one per format: fp32, fp16,
 int8), and each run of the measurement stage is a row of `measurement_runs` with one row
 of `measurements` per variant and batch size, naming the node and CPU that measured it.
+An adaptive sweep also keeps each pruned trial's intermediate results in `rungs` (its
+short-budget accuracy, the checkpoint it can continue from, and whether it did), so that a
+re-run never trains a finished rung again.
 
 Only `run` writes (`ResultStore(path)`), and only to a file that is the service's: the file
 is marked with SQLite's `application_id` and its schema version with `user_version`, and a
@@ -48,7 +51,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
 
-from sweep_service.spec import BASELINE, COMPLETED, PENDING, PRUNED, RUNNING, STATUSES
+from sweep_service.spec import BASELINE, COMPLETED, PENDING, PRUNED, RUNNING, SKIPPED, STATUSES
 
 # SQLite's `application_id` header field marks a file as a sweep-service database ("SwpS").
 APPLICATION_ID = int.from_bytes(b"SwpS", "big")
@@ -83,6 +86,9 @@ class SweepRow(Base):
     dataset: Mapped[str] = mapped_column(String)
     weights: Mapped[str] = mapped_column(String)
     versions_json: Mapped[str] = mapped_column(Text, default="{}")
+    # Where the results came from besides the libraries (sweep_service.provenance): the
+    # project's git commit and a hash of the data set's files, as of the latest run.
+    provenance_json: Mapped[str | None] = mapped_column(Text, default="{}")
     # With `compute: auto`: {model: {"format": name, "timings": {format: seconds per step}}},
     # measured once, so that every trial of a model, in this run or a later one, trains alike.
     formats_json: Mapped[str] = mapped_column(Text, default="{}")
@@ -102,14 +108,15 @@ class TrialRow(Base):
     kind: Mapped[str] = mapped_column(String)  # BASELINE or PRUNED
     model: Mapped[str] = mapped_column(String)
     pruner: Mapped[str] = mapped_column(String)  # "none" for baselines
-    rate: Mapped[float] = mapped_column(Float)  # fraction in [0, 1); 0 for baselines
+    rate: Mapped[float] = mapped_column(Float)  # requested: fraction in [0, 1); 0 for baselines
+    seed: Mapped[int | None] = mapped_column(default=None)  # None in rows written before repeats
     status: Mapped[str] = mapped_column(String, default=PENDING)
     spec_json: Mapped[str] = mapped_column(Text)
     # Pruned trials: how the plugin's choice became what speedup removed (docs/pruning.md).
     grouping: Mapped[str | None] = mapped_column(String, default=None)  # "dependency" or "layer"
     allocation: Mapped[str | None] = mapped_column(String, default=None)  # "uniform" or "global"
 
-    accuracy: Mapped[float | None] = mapped_column(default=None)  # top-1, fraction
+    accuracy: Mapped[float | None] = mapped_column(default=None)  # top-1, fraction, after fine-tuning
     accuracy_pruned: Mapped[float | None] = mapped_column(default=None)  # right after speedup, before fine-tuning
     baseline_accuracy: Mapped[float | None] = mapped_column(default=None)
     accuracy_drop: Mapped[float | None] = mapped_column(default=None)  # baseline - accuracy
@@ -154,11 +161,46 @@ class TrialRow(Base):
     threads: Mapped[int | None] = mapped_column(default=None)
     allocator: Mapped[str | None] = mapped_column(default=None)  # of the worker's C heap (sweep_service.worker.heap)
     compute: Mapped[str | None] = mapped_column(default=None)  # the format it trained in, e.g. "fp32"
+    worker_versions_json: Mapped[str | None] = mapped_column(Text, default=None)  # the worker's libraries
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     artifact_path: Mapped[str | None] = mapped_column(String, default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    # Adaptive search (sweep_service.coordinator.search). budget: the share of the trial's
+    # fine-tune its result trained (1.0: all of it; None: written before budgets were
+    # recorded, so all of it); rung: which rung that was (1 the first, len(rungs) + 1 the
+    # full fine-tune); stop_reason: why a completed trial stopped short, or a skipped one
+    # did not run.
+    budget: Mapped[float | None] = mapped_column(default=None)
+    rung: Mapped[int | None] = mapped_column(default=None)
+    stop_reason: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class RungRow(Base):
+    """A pruned trial's result at an intermediate rung of an adaptive sweep, the checkpoint
+    it can continue from, and the decision taken on it: `continue` (it trained on) or
+    `stop` (its row keeps this result); None while undecided."""
+
+    __tablename__ = "rungs"
+    __table_args__ = (UniqueConstraint("sweep_id", "key", "budget", name="uq_rung_per_trial"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.sweep_id"), index=True)
+    key: Mapped[str] = mapped_column(String)
+    rung: Mapped[int] = mapped_column(Integer)
+    budget: Mapped[float] = mapped_column(Float)  # share of the fine-tune's steps trained
+    accuracy: Mapped[float | None] = mapped_column(default=None)
+    params_after: Mapped[int | None] = mapped_column(default=None)
+    macs_after: Mapped[int | None] = mapped_column(default=None)
+    checkpoint_path: Mapped[str | None] = mapped_column(String, default=None)
+    decision: Mapped[str | None] = mapped_column(String, default=None)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=utcnow)
+
+
+RUNG_STOP, RUNG_CONTINUE = "stop", "continue"
 
 
 class VariantRow(Base):
@@ -250,7 +292,7 @@ class SweepLockRow(Base):
 RESULT_FIELDS = tuple(
     c.name
     for c in TrialRow.__table__.columns
-    if c.name not in {"id", "sweep_id", "key", "kind", "model", "pruner", "rate", "spec_json", "grouping",
+    if c.name not in {"id", "sweep_id", "key", "kind", "model", "pruner", "rate", "seed", "spec_json", "grouping",
                       "allocation", "attempts"}
 )
 VARIANT_FIELDS = ("format", "runtime", "path", "size_bytes", "compressed_bytes", "accuracy", "time_s", "error")
@@ -315,7 +357,7 @@ class ResultStore:
 
     # sweeps ---------------------------------------------------------------
     def begin_sweep(self, *, sweep_id: str, name: str, config_json: str, dataset: str,
-                    weights: str, versions: dict[str, str]) -> None:
+                    weights: str, versions: dict[str, str], provenance: dict[str, Any] | None = None) -> None:
         with Session(self.engine) as s, s.begin():
             row = s.get(SweepRow, sweep_id)
             if row is None:
@@ -323,6 +365,7 @@ class ResultStore:
                 s.add(row)
             row.config_json = config_json
             row.versions_json = json.dumps(versions, sort_keys=True)
+            row.provenance_json = json.dumps(provenance or {}, sort_keys=True)
             row.status = RUNNING
             row.started_at = utcnow()
             row.finished_at = None
@@ -375,13 +418,18 @@ class ResultStore:
     # trials ---------------------------------------------------------------
     def add_trials(self, sweep_id: str, specs: Iterable[Any]) -> int:
         """Insert a pending row for each spec not yet recorded; returns how many were new."""
+        specs = list(specs)
         with Session(self.engine) as s, s.begin():
             known = set(s.scalars(select(TrialRow.key).where(TrialRow.sweep_id == sweep_id)))
             new = [spec for spec in specs if spec.key not in known]
+            # Rows written before the seed had a column of its own get it from their spec.
+            seeds = {spec.key: spec.seed for spec in specs}
+            for row in s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id, TrialRow.seed.is_(None))):
+                row.seed = seeds.get(row.key, row.seed)
             for spec in new:
                 pruned = spec.kind == PRUNED
                 s.add(TrialRow(sweep_id=sweep_id, key=spec.key, kind=spec.kind, model=spec.model,
-                               pruner=spec.pruner, rate=spec.rate, status=PENDING,
+                               pruner=spec.pruner, rate=spec.rate, seed=spec.seed, status=PENDING,
                                spec_json=spec.to_json(), grouping=spec.grouping if pruned else None,
                                allocation=spec.allocation if pruned else None))
             return len(new)
@@ -401,30 +449,90 @@ class ResultStore:
             row.status = RUNNING
             row.attempts += 1
             row.started_at = utcnow()
-            row.error = None
+            row.error = row.stop_reason = row.rung = None
 
-    def record(self, sweep_id: str, key: str, result: dict[str, Any]) -> None:
-        """Store a finished trial's result (status completed or failed)."""
+    def record(self, sweep_id: str, key: str, result: dict[str, Any], *, add_times: bool = False) -> None:
+        """Store a finished trial's result (status completed or failed). `add_times`: the
+        result continues the row's earlier rung, so its phase times add to the row's."""
         unknown = set(result) - set(RESULT_FIELDS)
         if unknown:
             raise KeyError(f"unknown result fields {sorted(unknown)}")
         with Session(self.engine) as s, s.begin():
             row = self._row(s, sweep_id, key)
             for name, value in result.items():
+                earlier = getattr(row, name)
+                if add_times and name.startswith("time_") and value is not None and earlier is not None:
+                    value += earlier
                 setattr(row, name, value)
             row.finished_at = utcnow()
 
-    def link_baselines(self, sweep_id: str) -> None:
-        """Give each pruned trial its model's baseline accuracy and its accuracy drop."""
+    # adaptive search ------------------------------------------------------
+    def record_rung(self, sweep_id: str, key: str, rung: int, result: dict[str, Any], checkpoint_path: str,
+                    *, add_times: bool) -> None:
+        """A pruned trial's result at an intermediate rung: kept in `rungs`, and shown in its
+        row, which stays pending until the search decides on it. `add_times`: it continued
+        an earlier rung."""
         with Session(self.engine) as s, s.begin():
+            s.add(RungRow(sweep_id=sweep_id, key=key, rung=rung, budget=result["budget"],
+                          accuracy=result.get("accuracy"), params_after=result.get("params_after"),
+                          macs_after=result.get("macs_after"),
+                          checkpoint_path=checkpoint_path))
+        self.record(sweep_id, key, {**result, "status": PENDING, "rung": rung, "stop_reason": None},
+                    add_times=add_times)
+
+    def decide_rung(self, sweep_id: str, key: str, budget: float, decision: str, reason: str | None = None) -> None:
+        """Record the search's decision on a trial's latest rung; on `stop`, the rung's result
+        becomes the trial's: completed, with the reason it stopped short."""
+        with Session(self.engine) as s, s.begin():
+            rung = s.scalars(select(RungRow).where(RungRow.sweep_id == sweep_id, RungRow.key == key,
+                                                   RungRow.budget == budget)).one()
+            rung.decision, rung.reason = decision, reason
+            if decision == RUNG_STOP:
+                row = self._row(s, sweep_id, key)
+                row.status, row.stop_reason = COMPLETED, reason
+
+    def drop_checkpoints(self, sweep_id: str, key: str) -> list[str]:
+        """Forget a trial's rung checkpoints (it has trained in full, or stopped); returns their paths."""
+        with Session(self.engine) as s, s.begin():
+            rungs = s.scalars(select(RungRow).where(RungRow.sweep_id == sweep_id, RungRow.key == key,
+                                                    RungRow.checkpoint_path.is_not(None))).all()
+            paths = [r.checkpoint_path for r in rungs]
+            for r in rungs:
+                r.checkpoint_path = None
+            return paths
+
+    def rungs(self, sweep_id: str) -> dict[str, list[dict[str, Any]]]:
+        """Each trial's intermediate rungs, by key, in the order it trained them."""
+        if not self._has(RungRow):
+            return {}
+        query = self._select(RungRow).where(RungRow.sweep_id == sweep_id).order_by(RungRow.key, RungRow.budget)
+        with self._reading() as c:
+            rows = c.execute(query).all()
+        found: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            found.setdefault(r.key, []).append(self._as_dict(RungRow, r))
+        return found
+
+    def skip(self, sweep_id: str, key: str, reason: str) -> None:
+        """Record that the search will not run this trial, and why."""
+        with Session(self.engine) as s, s.begin():
+            row = self._row(s, sweep_id, key)
+            row.status, row.stop_reason = SKIPPED, reason
+
+    def link_baselines(self, sweep_id: str) -> None:
+        """Give each pruned trial its own baseline's accuracy (of its model and seed) and its
+        accuracy drop."""
+        with Session(self.engine) as s, s.begin():
+            # A sweep has one baseline per (model, seed); rows from before repeats have no seed
+            # and one baseline per model.
             baselines = {
-                row.model: row.accuracy
+                (row.model, row.seed): row.accuracy
                 for row in s.scalars(select(TrialRow).where(
                     TrialRow.sweep_id == sweep_id, TrialRow.kind == BASELINE, TrialRow.status == COMPLETED))
             }
             for row in s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id,
                                                         TrialRow.kind == PRUNED)):
-                row.baseline_accuracy = baselines.get(row.model)
+                row.baseline_accuracy = baselines.get((row.model, row.seed))
                 row.accuracy_drop = (None if row.accuracy is None or row.baseline_accuracy is None
                                      else row.baseline_accuracy - row.accuracy)
 
@@ -437,7 +545,7 @@ class ResultStore:
         if kind:
             query = query.where(TrialRow.kind == kind)
         with self._reading() as c:
-            rows = c.execute(query.order_by(TrialRow.model, TrialRow.pruner, TrialRow.rate)).all()
+            rows = c.execute(query.order_by(TrialRow.model, TrialRow.pruner, TrialRow.rate, TrialRow.seed)).all()
         return [self._as_dict(TrialRow, r) for r in rows]
 
     def counts(self, sweep_id: str) -> dict[str, int]:

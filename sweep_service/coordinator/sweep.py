@@ -13,10 +13,12 @@ is retried (`max_retries`); a trial that runs past `trial_timeout_s` is cancelle
 recorded with the phase it was in; a model that cannot be saved (a full disk) fails its
 trial with the reason and keeps its figures. A stop (SIGINT or SIGTERM,
 sweep_service.coordinator.stopping) or a crash leaves the sweep `interrupted` and its
-unfinished trials `pending`, ready to resume.
+unfinished trials `pending`, ready to resume. In an adaptive sweep, rung results,
+their checkpoints and the search's decisions are kept by sweep_service.coordinator.rungs.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -34,6 +36,7 @@ from sweep_service.coordinator.cluster import describe_nodes, joined_cluster, li
 from sweep_service.coordinator.config import SweepConfig
 from sweep_service.coordinator.grid import expand
 from sweep_service.coordinator.lock import STALE_AFTER_S, SweepLock
+from sweep_service.coordinator.rungs import RungKeeper, build_search
 from sweep_service.coordinator.scheduler import (
     PROBE,
     FormatProbe,
@@ -45,11 +48,12 @@ from sweep_service.coordinator.scheduler import (
     node_slots,
     unplaceable,
 )
+from sweep_service.coordinator.search import ADD, SKIP, STOP, RungRun
 from sweep_service.coordinator.store import ResultStore
 from sweep_service.coordinator.variants import artifact_stem, missing_variants, save_variants
 from sweep_service.files import write_atomic
 from sweep_service.plugins import plugins_dir
-from sweep_service.provenance import library_versions
+from sweep_service.provenance import describe_commit, folder_digest, library_versions, source_commit
 from sweep_service.quiet import silence_libraries
 from sweep_service.report.status import StatusFile
 from sweep_service.spec import BASELINE, COMPLETED, FAILED, TrialSpec
@@ -97,10 +101,11 @@ class SweepSummary:
         return self.counts.get("pending", 0) == 0 and self.counts.get("running", 0) == 0
 
 
-def prepare_inputs(config: SweepConfig) -> None:
-    """Fail before Ray starts if the data set or the pretrained weights cannot be had."""
+def prepare_inputs(config: SweepConfig) -> Path:
+    """Fail before Ray starts if the data set or the pretrained weights cannot be had;
+    returns the folder of the data set's files."""
     try:
-        datasets.prepare(config.dataset, config.data_root)
+        root = datasets.prepare(config.dataset, config.data_root)
     except datasets.DatasetUnavailableError as exc:
         raise SweepAborted(str(exc)) from None
     except OSError as exc:
@@ -113,6 +118,19 @@ def prepare_inputs(config: SweepConfig) -> None:
                 raise SweepAborted(str(exc)) from None
             except OSError as exc:
                 raise SetupError(f"cannot use the weights folder {config.weights_dir}: {exc}") from None
+    return root / datasets.CIFAR_DIR
+
+
+def sweep_provenance(data_folder: Path, earlier: dict[str, Any]) -> dict[str, Any]:
+    """This run's git commit and data set hash, with those of the sweep's earlier runs
+    where they differ (a resumed sweep whose code or data changed says so)."""
+    data = folder_digest(data_folder)
+    found: dict[str, Any] = {**source_commit(), "data_sha256": data["sha256"], "data_files": data["files"],
+                             "data_bytes": data["bytes"]}
+    for now, history in (("data_sha256", "earlier_data_sha256"), ("git_commit", "earlier_git_commits")):
+        seen = [x for x in [*earlier.get(history, []), earlier.get(now)] if x and x != found[now]]
+        found[history] = list(dict.fromkeys(seen))
+    return found
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -185,6 +203,7 @@ class Dispatcher:
         self.sweep_id = sweep_id
         self.scheduler = scheduler
         self.bar = bar
+        self.several_seeds = len(config.run_seeds) > 1
         self.lock = lock
         self.report = report
         resources = dict(num_cpus=config.resources.cpus, num_gpus=config.resources.gpus, max_retries=0)
@@ -196,6 +215,7 @@ class Dispatcher:
         self.in_flight: dict[Any, Task] = {}  # ObjectRef -> task
         self.submitted: dict[str, float] = {}  # task key -> when it was submitted
         self.checkpoints: dict[str, Any] = {}  # baseline key -> ObjectRef of its state_dict bytes
+        self.rungs = RungKeeper(store, sweep_id, config.output_dir) if scheduler.search is not None else None
         self.failed: list[str] = []
         self.ran = 0
         self.logged = 0
@@ -221,6 +241,7 @@ class Dispatcher:
             waiting_since = None
             for task in self.scheduler.next(slots - len(self.in_flight), time.time()):
                 self.submit(task)
+            self.apply_decisions()
             if not self.in_flight:
                 raise SweepAborted("no trial can start: the scheduler is waiting for nothing that runs "
                                    "(this is a bug; run the sweep again to resume)")
@@ -256,10 +277,13 @@ class Dispatcher:
         if task.kind == PROBE:
             ref = self.probe_task.remote(task.spec)
         else:
-            checkpoint = self.checkpoints.get(task.baseline_key) if task.baseline_key else None
-            ref = self.trial_task.remote(task, [checkpoint] if checkpoint else [], str(plugins_dir()),
+            spec, rung = (task.spec, task) if isinstance(task, RungRun) else (task, None)
+            resume = self.rungs.resume_from(rung) if rung else None
+            checkpoint = self.checkpoints.get(task.baseline_key) if task.baseline_key and not resume else None
+            ref = self.trial_task.remote(spec, [checkpoint] if checkpoint else [], str(plugins_dir()),
                                          self.scheduler.formats[task.model] if self.scheduler.formats is not None
-                                         else task.compute, self.phases)
+                                         else spec.compute, self.phases, rung.budget if rung else 1.0,
+                                         (self.ray.put(resume),) if resume else ())
             self.store.mark_running(self.sweep_id, task.key)
         self.in_flight[ref] = task
         self.submitted[task.key] = time.time()
@@ -295,7 +319,7 @@ class Dispatcher:
             output = self.ray.get(ref)
         except Exception as exc:  # the worker died: a trial's own errors come back as results
             if self.scheduler.lost(task):
-                self.bar.write(f"retry  {task.label:<28} its worker was lost ({type(exc).__name__})")
+                self.bar.write(f"retry  {self._label(task):<28} its worker was lost ({type(exc).__name__})")
                 return
             output = None
             lost = f"worker lost: {type(exc).__name__}: {exc}"
@@ -307,8 +331,9 @@ class Dispatcher:
             return
         result, artifact = output.result, output.artifact
         result["time_wait_s"] = max(0.0, output.started_at - self.submitted[task.key])
+        spec = task.spec if isinstance(task, RungRun) else task
         if result["status"] == COMPLETED and artifact is not None:
-            path = self._model_path(task)
+            path = self._model_path(spec)
             try:
                 write_atomic(path, artifact)
             except OSError as exc:
@@ -326,16 +351,32 @@ class Dispatcher:
                 result.update(status=FAILED, error=f"saving the variants in {self.models_dir} failed: "
                                                    f"{exc.strerror or exc}; free space there, or set "
                                                    "`output_dir`, and run the sweep again")
-        self._record(task, result)
+        self._record(task, result, output.rung_checkpoint)
 
-    def _record(self, spec: TrialSpec, result: dict[str, Any]) -> None:
-        """Store a trial's end, tell the scheduler, and record the trials it leaves unrun."""
-        self.store.record(self.sweep_id, spec.key, result)
+    def _record(self, task: Task, result: dict[str, Any], rung_checkpoint: Any = None) -> None:
+        """Store a trial's end (or a rung's result), tell the scheduler, and record the
+        trials it leaves unrun."""
+        waits = False
+        if isinstance(task, RungRun):
+            waits = self.rungs.record(task, result, rung_checkpoint)
+        else:
+            self.store.record(self.sweep_id, task.key, result)
         self.store.link_baselines(self.sweep_id)
         self.ran += 1
-        self._log(spec, result)
-        for not_run in self.scheduler.trial_done(spec, result["status"], result):
-            self.skip(not_run.spec, not_run.reason)
+        self._log(task, result, final=not waits)
+        for not_run in self.scheduler.trial_done(task, result["status"], result):
+            self.record_not_run(not_run.spec, not_run.reason)
+        self.apply_decisions()
+
+    def apply_decisions(self) -> None:
+        """Record and log what the adaptive search decided (nothing without one)."""
+        for decision in self.scheduler.decisions():
+            line = self.rungs.apply(decision)
+            if line is None:
+                continue
+            if decision.action == ADD:
+                self.bar.total += 1
+            self._log_line(line, counts=decision.action in (STOP, SKIP))
 
     def _probe_done(self, probe: FormatProbe, timings: dict[str, float] | None, why_not: str) -> None:
         if timings:
@@ -347,7 +388,7 @@ class Dispatcher:
         self.scheduler.probe_done(probe, fastest)
         self.bar.write(f"probed {probe.model:<28} trains in {fastest} (per step: {detail})")
 
-    def skip(self, spec: TrialSpec, reason: str) -> None:
+    def record_not_run(self, spec: TrialSpec, reason: str) -> None:
         """Record `spec` as failed without running it."""
         result = {"status": FAILED, "error": reason}
         self.store.record(self.sweep_id, spec.key, result)
@@ -356,20 +397,32 @@ class Dispatcher:
     def _model_path(self, spec: TrialSpec) -> Path:
         return self.models_dir / f"{artifact_stem(spec)}.pt"
 
-    def _log(self, spec: TrialSpec, result: dict[str, Any]) -> None:
-        self.bar.update(1)
-        self.logged += 1
-        done, total = self.logged, self.bar.total
-        eta = (time.time() - self.started) / max(done, 1) * (total - done)
-        progress = f"[{done}/{total}, ETA {eta / 60:.0f} min]" if done < total else f"[{done}/{total}]"
+    def _label(self, task: Task) -> str:
+        if not self.several_seeds or task.kind == PROBE:
+            return task.label
+        seed = (task.spec if isinstance(task, RungRun) else task).seed
+        return f"{task.label} seed {seed}"
+
+    def _log(self, spec: Task, result: dict[str, Any], final: bool = True) -> None:
+        """Log a result; `final`: it ends its trial (a rung that waits for a decision does not)."""
         if result["status"] == COMPLETED:
-            line = (f"done   {spec.label:<28} acc {result['accuracy']:.1%}  "
+            line = (f"{'done' if final else 'rung':<6} {self._label(spec):<28} acc {result['accuracy']:.1%}  "
                     f"params -{result['param_reduction']:.0%}  {result.get('time_total_s', 0):.0f}s "
                     f"on {result.get('worker_host')}")
         else:
             first_line = (result.get("error") or "").splitlines()[0] if result.get("error") else ""
-            line = f"FAILED {spec.label:<28} {first_line}"
-            self.failed.append(f"{spec.label}: {first_line}")
+            line = f"FAILED {self._label(spec):<28} {first_line}"
+            self.failed.append(f"{self._label(spec)}: {first_line}")
+        self._log_line(line, counts=final)
+
+    def _log_line(self, line: str, counts: bool) -> None:
+        """Write a line with the progress; `counts`: it ends a trial."""
+        if counts:
+            self.bar.update(1)
+            self.logged += 1
+        done, total = self.logged, self.bar.total
+        eta = (time.time() - self.started) / max(done, 1) * (total - done)
+        progress = f"[{done}/{total}, ETA {eta / 60:.0f} min]" if done < total else f"[{done}/{total}]"
         self.bar.write(f"{progress:<20} {line}")
 
 
@@ -399,43 +452,64 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepSummary:
                       f"on host {holder.host}", flush=True)
             status.write(status="running")
             try:
-                prepare_inputs(config)
+                data_folder = prepare_inputs(config)
             except BaseException as exc:
                 stop = stopping.stop_behind(exc)
                 status.write(status="interrupted" if stop else "failed", message=_why(exc))
                 if stop:
                     raise stop from None
                 raise
-            return _run_locked(config, store, lock, status, specs, sweep_id, started, progress)
+            return _run_locked(config, store, lock, status, specs, sweep_id, started, progress, data_folder)
 
 
 def _run_locked(config: SweepConfig, store: ResultStore, lock: SweepLock, status: StatusFile,
-                specs: list[TrialSpec], sweep_id: str, started: float, progress: bool) -> SweepSummary:
+                                specs: list[TrialSpec], sweep_id: str, started: float, progress: bool,
+                data_folder: Path) -> SweepSummary:
+    try:
+        earlier = json.loads(store.sweep(sweep_id).get("provenance_json") or "{}")
+    except LookupError:
+        earlier = {}
+    provenance = sweep_provenance(data_folder, earlier)
+    if provenance["data_sha256"] != earlier.get("data_sha256", provenance["data_sha256"]):
+        print(f"warning: the data set's files in {data_folder} differ from those this sweep's earlier "
+              "trials used (sha256 recorded in the report); its trials are no longer all comparable",
+              file=sys.stderr)
     rows = {row["key"]: row for row in store.trials(sweep_id)}
-    completed = {key for key, row in rows.items() if row["status"] == COMPLETED}
+    # A grid sweep trains in full what an adaptive run stopped short.
+    completed = {key for key, row in rows.items() if row["status"] == COMPLETED
+                 and (config.search == "adaptive" or (row["budget"] or 1.0) >= 1.0)}
     checkpoints = {key: Path(rows[key]["artifact_path"] or "") for key in completed
                    if rows[key]["kind"] == BASELINE}
     checkpoints = {key: path for key, path in checkpoints.items() if path.is_file()}
     formats = None
     if config.compute == AUTO:
         formats = {model: known["format"] for model, known in store.formats(sweep_id).items()}
+    search = build_search(config, specs, store, sweep_id, rows) if config.search == "adaptive" else None
     scheduler = Scheduler(specs, done=completed, checkpoints=set(checkpoints), formats=formats,
-                          max_retries=config.max_retries, time_limit_s=config.trial_timeout_s)
+                          max_retries=config.max_retries, search=search, time_limit_s=config.trial_timeout_s)
     for row in completed_in_order(rows.values()):
         scheduler.note_times(TrialSpec.from_json(row["spec_json"]), row)
     todo = len(scheduler.todo)
-    skipped = len(specs) - todo
+    skipped = len(scheduler.specs) - todo
     report = Report(config.database, config.output_dir / "report", sweep_id, status)
-    print(f"sweep {sweep_id}: {len(specs)} trials ({len(config.models)} models x "
-          f"{len(config.pruners)} pruners x {len(config.rates)} rates + baselines), "
+    seeds = len(config.run_seeds)
+    print(f"sweep {sweep_id}: {len(scheduler.specs)} trials ({len(config.models)} models x "
+          f"{len(config.pruners)} pruners x {len(config.rates)} rates"
+          + (f" x {seeds} seeds" if seeds > 1 else "") + " + baselines), "
           f"{skipped} already done, {todo} to run; data: {datasets.describe(config.dataset)}, "
-          f"weights: {config.weights}", flush=True)
+          f"weights: {config.weights}; code: {describe_commit(provenance)}; "
+          f"search: {_search_text(config)}", flush=True)
 
     def begin() -> None:
         store.begin_sweep(sweep_id=sweep_id, name=config.name, config_json=config.to_json(),
-                          dataset=config.dataset, weights=config.weights, versions=library_versions())
+                          dataset=config.dataset, weights=config.weights, versions=library_versions(),
+                          provenance=provenance)
         store.add_trials(sweep_id, specs)
         store.reset_unfinished(sweep_id)
+        if search is not None:  # what the search concludes from earlier runs' results
+            keeper = RungKeeper(store, sweep_id, config.output_dir)
+            for line in filter(None, map(keeper.apply, scheduler.decisions())):
+                print(line)
 
     if scheduler.finished and not (missing_variants(store, sweep_id, specs)
                                    or measurement.needs_measuring(store, sweep_id)):
@@ -487,6 +561,17 @@ def _run_locked(config: SweepConfig, store: ResultStore, lock: SweepLock, status
     return _finish(store, sweep_id, dispatcher.ran, skipped, started, report, dispatcher.failed, stage)
 
 
+def _search_text(config: SweepConfig) -> str:
+    if config.search == "grid":
+        return "grid (every trial in full)"
+    a = config.adaptive
+    floors = [f"min_accuracy {a.min_accuracy:.1%}" if a.min_accuracy is not None else "",
+              f"max_drop {a.max_drop:.1%}" if a.max_drop is not None else ""]
+    rungs = ", ".join(f"{r:.0%}" for r in a.rungs) or "none"
+    return (f"adaptive (floor: {' and '.join(f for f in floors if f) or 'chance + noise'}; "
+            f"rungs at {rungs} of the fine-tune; front: accuracy vs {a.front}{'; refine' if a.refine else ''})")
+
+
 def _interrupted(store: ResultStore, lock: SweepLock, status: StatusFile, report: Report, sweep_id: str,
                  exc: BaseException, begun: bool) -> None:
     """Leave the sweep resumable after a stop or an error: unfinished trials `pending`, the
@@ -524,7 +609,7 @@ def _finish(store: ResultStore, sweep_id: str, ran: int, skipped: int, started: 
     store.end_sweep(sweep_id, final)
     summary.report = report.draw()
     report.status.write(status=final)
-    print(f"sweep {sweep_id} finished in {summary.wall_s:.0f} s: ran {ran}, skipped {skipped} already done; "
+    print(f"sweep {sweep_id} finished in {summary.wall_s:.0f} s: ran {ran}, {skipped} already done; "
           + ", ".join(f"{n} {status}" for status, n in summary.counts.items()))
     if stage is not None:
         print(f"  the measurement stage took {stage.seconds:.1f} s, {stage.seconds / summary.wall_s:.1%} of "

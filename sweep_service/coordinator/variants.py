@@ -15,9 +15,9 @@ from sweep_service.spec import BASELINE, COMPLETED, TrialSpec
 
 
 def artifact_stem(spec: TrialSpec) -> str:
-    """The file name of a trial's saved files, without the extension: model, pruner, rate, key."""
-    stem = f"{spec.model}-baseline" if spec.kind == BASELINE else f"{spec.model}-{spec.pruner}-{spec.rate:.2f}"
-    return f"{stem}-{spec.key}"
+    """The file name of a trial's saved files, without the extension: model, pruner, rate, seed, key."""
+    stem = f"{spec.model}-baseline" if spec.kind == BASELINE else f"{spec.model}-{spec.pruner}-{spec.rate:g}"
+    return f"{stem}-seed{spec.seed}-{spec.key}"
 
 
 def save_variants(store: ResultStore, sweep_id: str, spec: TrialSpec, variants: list, models_dir: Path) -> None:

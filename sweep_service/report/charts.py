@@ -7,7 +7,10 @@ file atomically (temporary file + rename): a browser never reads half a PNG.
 
 Every chart names the data set and the weights, draws each model with the same colour
 and marker everywhere, keeps its legend outside the plot, labels its axes with units,
-and leaves out failed trials.
+and leaves out failed trials. A point is a configuration (model, pruner, rate): the mean
+over its seeds, with its 95 % interval as a band or an error bar where two seeds or more
+ran (sweep_service.report.stats). Past MANY_RATES rates, bars give way to lines and the
+rate axis keeps a few round ticks, so that a fine grid stays readable and quick to draw.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogFormatter, PercentFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 from matplotlib.transforms import Bbox
 
 from sweep_service.files import write_atomic
@@ -37,11 +40,12 @@ from sweep_service.report.results import (
     pareto_front,
     trial_label,
 )
+from sweep_service.report.stats import Estimate
 from sweep_service.spec import BASELINE, PRUNED
 
 log = logging.getLogger(__name__)
 
-CHART_VERSION = 4  # bump to redraw every chart after a change of style
+CHART_VERSION = 5  # bump to redraw every chart after a change of style
 MANIFEST = ".charts.json"
 DPI = 100
 MODEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -49,6 +53,11 @@ MODEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b
 MODEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
 PRUNER_COLOURS = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#edc948", "#76b7b2")
 NUM_CLASSES = 10  # CIFAR-10 and its synthetic twin
+MANY_RATES = 12  # past this many rates: lines instead of bars, thinned rate ticks, no markers
+FRONT_LABELS = 40  # at most this many Pareto-front points are named on a chart
+RATE_LABEL = "requested pruning rate (%)"  # the captions say: of each selected layer's filters
+SPARSITY_LABEL = "achieved channel sparsity (%)"  # the caption says: filters removed ÷ filters of the selected layers
+BAND_ALPHA = 0.18
 # Sizes for charts shown at about 0.6-0.8 of their pixel size on a laptop screen.
 STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11.5, "xtick.labelsize": 10.5,
          "ytick.labelsize": 10.5, "legend.fontsize": 11}
@@ -90,7 +99,8 @@ def _subtitle(results: SweepResults, *, short: bool = False) -> str:
 
 
 def _pct_axis(axis) -> None:
-    axis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+    # As many decimals as a tick needs: a tick at 92.5 % reads "92.5%", not "92%".
+    axis.set_major_formatter(FuncFormatter(lambda v, _: fmt.pct_tick(v)))
 
 
 def _header(fig: Figure, title: str, subtitle: str, *, lines: int = 0) -> None:
@@ -127,29 +137,69 @@ def _panel_grid(fig: Figure, n: int, max_cols: int = 3, **kw) -> list:
     return flat[:n]
 
 
+def _rate_tick(value: float, _position=None) -> str:
+    if value < -1e-9 or value > 1 + 1e-9:
+        return ""
+    return "base" if abs(value) < 1e-9 else fmt.rate(value)
+
+
 def _rate_axis(ax, rates: list[float]) -> None:
-    ticks = [0.0, *rates]
-    ax.set_xticks(ticks)
-    ax.set_xticklabels(["base" if t == 0 else fmt.rate(t) for t in ticks])
-    ax.set_xlim(-0.03, max(ticks) + 0.03)
+    """Rates on x, the unpruned baseline at 0 ("base"): a tick per rate, or past MANY_RATES
+    a few round ones."""
+    if len(rates) <= MANY_RATES:
+        ticks = [0.0, *rates]
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([_rate_tick(t) for t in ticks])
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]))
+        ax.xaxis.set_major_formatter(FuncFormatter(_rate_tick))
+    ax.set_xlim(-0.03, max([0.0, *rates]) + 0.03)
     ax.grid(True, alpha=0.3)
 
 
+def _line_with_band(ax, points: list[tuple[float, Estimate]], *, markers: bool, band: bool = True,
+                    **style) -> None:
+    """The means as a line; where two or more seeds ran, their 95 % intervals as a band."""
+    xs = [x for x, _ in points]
+    ax.plot(xs, [e.mean for _, e in points], linewidth=2, markersize=6 if markers else 0, alpha=0.9, **style)
+    if band and any(e.measured for _, e in points):
+        measured = [e.measured for _, e in points]
+        ax.fill_between(xs, [e.low if e.measured else e.mean for _, e in points],
+                        [e.high if e.measured else e.mean for _, e in points],
+                        where=measured, color=style["color"], alpha=BAND_ALPHA, linewidth=0)
+
+
+def _spread_note(results: SweepResults, shown_as: str = "shaded band") -> str:
+    """What a chart's points are: means over seeds with 95 % intervals, or single runs."""
+    if results.spread_measured:
+        return f"mean over {_seed_count(results)} seeds, {shown_as}: 95 % interval"
+    return results.no_spread_reason()
+
+
+def _seed_count(results: SweepResults) -> str:
+    counts = sorted({len(c.trials) for c in results.configurations.values()})
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+
 # charts against the pruning rate (the reference study's Figures 2 and 3) ----------------
-def _vs_rate(results: SweepResults, metric: str, title: str, ylabel: str, *, diagonal: bool) -> Figure:
+def _vs_rate(results: SweepResults, metric: str, title: str, ylabel: str, *, diagonal: bool,
+             baseline_metric: str | None = None) -> Figure:
     pruners = results.pruners or ["none"]
     rows = math.ceil(len(pruners) / 3)
     fig = Figure(figsize=(5.0 * min(len(pruners), 3) + 0.5, 5.4 * rows + 0.6))
     axes = _panel_grid(fig, len(pruners), sharey=True, sharex=True)
     values = [t[metric] for t in results.completed if t.get(metric) is not None]
+    if baseline_metric:
+        values += [t[baseline_metric] for t in results.completed
+                   if t["kind"] == BASELINE and t.get(baseline_metric) is not None]
     plotted: set[str] = set()
+    markers = len(results.rates) <= MANY_RATES
     for ax, pruner in zip(axes, pruners):
         for model in results.models:
-            points = results.curve(model, pruner, metric)
+            points = results.curve(model, pruner, metric, baseline_metric=baseline_metric)
             if points:
                 plotted.add(model)
-                xs, ys = zip(*points)
-                ax.plot(xs, ys, linewidth=2, markersize=6, alpha=0.9, **model_style(results, model))
+                _line_with_band(ax, points, markers=markers, **model_style(results, model))
         if diagonal:
             ax.plot([0, 1], [0, 1], color="#999", linestyle=":", linewidth=1)
         elif values and min(values) < 0.3:  # chance level is worth seeing only near it
@@ -158,7 +208,7 @@ def _vs_rate(results: SweepResults, metric: str, title: str, ylabel: str, *, dia
         ax.set_title(f"pruner: {pruner}")
         _rate_axis(ax, results.rates)
         _pct_axis(ax.yaxis)
-        ax.set_xlabel("pruning rate (% of filters removed per pruned layer)")
+        ax.set_xlabel(RATE_LABEL)
     for ax in axes[::3]:
         ax.set_ylabel(ylabel)
     if diagonal:
@@ -166,7 +216,7 @@ def _vs_rate(results: SweepResults, metric: str, title: str, ylabel: str, *, dia
     else:
         low = min(values, default=0.0)
         axes[0].set_ylim(max(0.0, low - 0.05) if low > 0.3 else 0.0, min(1.0, max(values, default=1.0) + 0.03))
-    _header(fig, title, _subtitle(results))
+    _header(fig, title, f"{_subtitle(results)}\n{_spread_note(results)}")
     handles = _model_legend(results, [m for m in results.models if m in plotted])
     if diagonal:
         handles.append(Line2D([], [], color="#999", linestyle=":", label="reduction = rate"))
@@ -175,68 +225,180 @@ def _vs_rate(results: SweepResults, metric: str, title: str, ylabel: str, *, dia
 
 
 def accuracy_vs_rate(results: SweepResults) -> Figure:
-    return _vs_rate(results, "accuracy", "Top-1 accuracy vs pruning rate",
-                    "top-1 accuracy (%)", diagonal=False)
+    return _vs_rate(results, "accuracy", "Top-1 accuracy after fine-tuning vs requested pruning rate",
+                    "top-1 accuracy after fine-tuning (%)", diagonal=False)
+
+
+def pruned_accuracy_vs_rate(results: SweepResults) -> Figure:
+    return _vs_rate(results, "accuracy_pruned", "Top-1 accuracy right after pruning (before fine-tuning)",
+                    "top-1 accuracy before fine-tuning (%)", diagonal=False, baseline_metric="accuracy")
 
 
 def reduction_vs_rate(results: SweepResults) -> Figure:
-    return _vs_rate(results, "param_reduction", "Parameter reduction vs pruning rate",
+    return _vs_rate(results, "param_reduction", "Parameter reduction vs requested pruning rate",
                     "parameters removed (% of the unpruned model)", diagonal=True)
+
+
+# accuracy against what was removed, not what was asked ----------------------------------
+def accuracy_vs_sparsity(results: SweepResults) -> Figure:
+    pruners = results.pruners or ["none"]
+    rows = math.ceil(len(pruners) / 3)
+    fig = Figure(figsize=(5.0 * min(len(pruners), 3) + 0.5, 5.4 * rows + 0.6))
+    axes = _panel_grid(fig, len(pruners), sharey=True, sharex=True)
+    markers = len(results.rates) <= MANY_RATES
+    plotted: set[str] = set()
+    values = [t["accuracy"] for t in results.completed if t.get("accuracy") is not None]
+    widest = max((t["channel_sparsity"] for t in results.completed if t.get("channel_sparsity") is not None),
+                 default=1.0)
+    for ax, pruner in zip(axes, pruners):
+        for model in results.models:
+            style = model_style(results, model)
+            points = []
+            base = results.baseline(model)
+            if base is not None and base.estimate("accuracy") is not None:
+                points.append((Estimate(0.0, 1), base.estimate("accuracy")))
+            for rate in results.rates:
+                config = results.configurations.get((model, pruner, rate))
+                if config is None:
+                    continue
+                sparsity, accuracy = config.estimate("channel_sparsity"), config.estimate("accuracy")
+                if sparsity is not None and accuracy is not None:
+                    points.append((sparsity, accuracy))
+            if len(points) < 2:
+                continue
+            plotted.add(model)
+            points.sort(key=lambda p: p[0].mean)
+            xs, ys = [p[0].mean for p in points], [p[1].mean for p in points]
+            ax.plot(xs, ys, linewidth=2, markersize=6 if markers else 0, alpha=0.9, **style)
+            spread = [(x, y, p) for x, y, p in zip(xs, ys, points) if p[0].measured or p[1].measured]
+            if spread:
+                ax.errorbar([x for x, _, _ in spread], [y for _, y, _ in spread],
+                            xerr=[p[0].half_width or 0.0 for _, _, p in spread],
+                            yerr=[p[1].half_width or 0.0 for _, _, p in spread],
+                            fmt="none", ecolor=style["color"], elinewidth=1, capsize=2, alpha=0.8)
+        ax.set_title(f"pruner: {pruner}")
+        _pct_axis(ax.xaxis)
+        _pct_axis(ax.yaxis)
+        ax.set_xlim(-0.03, min(1.0, widest + 0.05))
+        ax.grid(True, alpha=0.3)
+        ax.set_xlabel(SPARSITY_LABEL)
+    for ax in axes[::3]:
+        ax.set_ylabel("top-1 accuracy after fine-tuning (%)")
+    low = min(values, default=0.0)
+    axes[0].set_ylim(max(0.0, low - 0.05) if low > 0.3 else 0.0, min(1.0, max(values, default=1.0) + 0.03))
+    _header(fig, "Top-1 accuracy vs achieved channel sparsity",
+            f"{_subtitle(results)}\n{_spread_note(results, 'error bars')}")
+    _legend_right(fig, _model_legend(results, [m for m in results.models if m in plotted]), "model")
+    return fig
 
 
 # per model: the pruners side by side ------------------------------------------------------
 def model_chart(results: SweepResults, model: str) -> Figure:
     pruners = results.pruners
     rates = results.rates
-    fig = Figure(figsize=(8, 7.4))
+    fig = Figure(figsize=(8, 7.8))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
-    width = 0.8 / max(len(pruners), 1)
-    for j, pruner in enumerate(pruners):
-        colour = PRUNER_COLOURS[j % len(PRUNER_COLOURS)]
-        for ax, metric in ((top, "accuracy"), (bottom, "param_reduction")):
-            by_rate = dict(p for p in results.curve(model, pruner, metric) if p[0] > 0)
-            xs = [i + (j - (len(pruners) - 1) / 2) * width for i, r in enumerate(rates) if r in by_rate]
-            ys = [by_rate[r] for r in rates if r in by_rate]
-            ax.bar(xs, ys, width=width * 0.95, color=colour, label=pruner if metric == "accuracy" else None)
-    # A gap in the bars says why: the trial failed (see the report's table) or is not done.
-    status = {(t["pruner"], t["rate"]): t["status"] for t in results.trials
-              if t["model"] == model and t["kind"] == PRUNED and t["status"] != "completed"}
-    for (pruner, rate), state in status.items():
-        if pruner in pruners and rate in rates:
-            x = rates.index(rate) + (pruners.index(pruner) - (len(pruners) - 1) / 2) * width
-            top.text(x, 0.02, state, transform=top.get_xaxis_transform(), rotation=90, ha="center",
-                     va="bottom", fontsize=9, color="#c62828" if state == "failed" else "#777")
+    before = any(c.model == model and c.values("accuracy_pruned") for c in results.configurations.values())
+    if len(rates) <= MANY_RATES:
+        _model_bars(results, model, top, bottom)
+    else:
+        _model_lines(results, model, top, bottom)
     base = results.baseline(model)
-    if base is not None and base.get("accuracy") is not None:
-        top.axhline(base["accuracy"], color="black", linestyle="--", linewidth=1.2)
-        top.text(len(rates) - 0.5, base["accuracy"], f"baseline {base['accuracy']:.1%}", ha="right",
-                 va="bottom", fontsize=10)
+    base_accuracy = base.estimate("accuracy") if base else None
+    if base_accuracy is not None:
+        top.axhline(base_accuracy.mean, color="black", linestyle="--", linewidth=1.2)
+        if base_accuracy.measured:
+            top.axhspan(base_accuracy.low, base_accuracy.high, color="black", alpha=0.08, linewidth=0, zorder=0)
+        right = len(rates) - 0.5 if len(rates) <= MANY_RATES else max(rates) + 0.03
+        top.text(right, base_accuracy.mean, f"baseline {fmt.pct_pm(base_accuracy.mean, base_accuracy.half_width)}",
+                 ha="right", va="bottom", fontsize=10)
     top.set_ylabel("top-1 accuracy (%)")
     bottom.set_ylabel("parameters\nremoved (%)")
     for ax in (top, bottom):
         _pct_axis(ax.yaxis)
         ax.grid(True, axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-    accs = [t["accuracy"] for t in results.completed if t["model"] == model and t.get("accuracy") is not None]
+    accs = [t[m] for t in results.completed if t["model"] == model
+            for m in ("accuracy", "accuracy_pruned") if t.get(m) is not None]
     low = min(accs, default=0.0)
     # Bars start at a round 10 % below the lowest one (at 0 when they spread widely), so
     # that the pruners' differences show; the axis says where it starts.
     top.set_ylim(math.floor((low - 0.05) * 10) / 10 if low > 0.4 else 0.0, min(1.0, max(accs, default=1.0) + 0.04))
     bottom.set_ylim(0, 1)
-    bottom.set_xticks(range(len(rates)))
-    bottom.set_xticklabels([fmt.rate(r) for r in rates])
-    bottom.set_xlabel("pruning rate (% of filters removed per pruned layer)")
-    params = f"{base['params_after'] / 1e6:.2f} M parameters unpruned" if base and base.get("params_after") else ""
-    _header(fig, f"{model}: pruners side by side",
-            "\n".join(x for x in (_subtitle(results, short=True), params) if x), lines=2)
-    handles = [Patch(color=PRUNER_COLOURS[j % len(PRUNER_COLOURS)], label=p) for j, p in enumerate(pruners)]
+    bottom.set_xlabel(RATE_LABEL)
+    params = base.estimate("params_after") if base else None
+    lines = [_subtitle(results, short=True), _spread_note(results, "error bars" if len(rates) <= MANY_RATES
+                                                            else "shaded band")]
+    if params is not None:
+        lines.append(f"{params.mean / 1e6:.2f} M parameters unpruned")
+    handles: list = [Patch(color=PRUNER_COLOURS[j % len(PRUNER_COLOURS)], label=p) for j, p in enumerate(pruners)]
     handles.append(Line2D([], [], color="black", linestyle="--", label="unpruned baseline"))
+    if before:
+        handles.append(Line2D([], [], color="#333", marker="v", linestyle="none" if len(rates) <= MANY_RATES else ":",
+                              markerfacecolor="white", label="after pruning, before fine-tuning"))
+    columns = min(len(handles), 4)
+    _header(fig, f"{model}: pruners side by side", "\n".join(lines), lines=1 + math.ceil(len(handles) / columns))
     # In a row above the plots (outside them): this chart is shown two to a row.
     box = top.get_position()
     fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(box.x0, box.y1 + 0.01),
-               ncols=min(len(handles), 4), frameon=False, title="pruner", alignment="left",
+               ncols=columns, frameon=False, title="pruner", alignment="left",
                title_fontsize=11, handlelength=1.6, columnspacing=1.2)
     return fig
+
+
+def _model_bars(results: SweepResults, model: str, top, bottom) -> None:
+    """A bar per pruner at each rate: the mean, with its interval as an error bar; the
+    accuracy right after pruning as a marker on the accuracy bar."""
+    pruners, rates = results.pruners, results.rates
+    width = 0.8 / max(len(pruners), 1)
+    for j, pruner in enumerate(pruners):
+        colour = PRUNER_COLOURS[j % len(PRUNER_COLOURS)]
+        offset = (j - (len(pruners) - 1) / 2) * width
+        for ax, metric in ((top, "accuracy"), (bottom, "param_reduction"), (top, "accuracy_pruned")):
+            by_rate = dict(p for p in results.curve(model, pruner, metric) if p[0] > 0)
+            xs = [i + offset for i, r in enumerate(rates) if r in by_rate]
+            estimates = [by_rate[r] for r in rates if r in by_rate]
+            if metric == "accuracy_pruned":
+                ax.scatter(xs, [e.mean for e in estimates], marker="v", s=34, facecolors="white",
+                           edgecolors="#333", linewidths=1.2, zorder=4)
+            else:
+                ax.bar(xs, [e.mean for e in estimates], width=width * 0.95, color=colour,
+                       label=pruner if metric == "accuracy" else None)
+            measured = [(x, e) for x, e in zip(xs, estimates) if e.measured]
+            if measured:
+                ax.errorbar([x for x, _ in measured], [e.mean for _, e in measured],
+                            yerr=[e.half_width for _, e in measured], fmt="none", ecolor="#222",
+                            elinewidth=1, capsize=2.5, zorder=5)
+    # A gap in the bars says why: the trial failed (see the report's table) or is not done.
+    status: dict[tuple[str, float], str] = {}
+    for t in results.trials:
+        if t["model"] == model and t["kind"] == PRUNED and t["status"] != "completed":
+            status.setdefault((t["pruner"], t["rate"]), t["status"])
+    for (pruner, rate), state in status.items():
+        if pruner in pruners and rate in rates and (model, pruner, rate) not in results.configurations:
+            x = rates.index(rate) + (pruners.index(pruner) - (len(pruners) - 1) / 2) * width
+            top.text(x, 0.02, state, transform=top.get_xaxis_transform(), rotation=90, ha="center",
+                     va="bottom", fontsize=9, color="#c62828" if state == "failed" else "#777")
+    bottom.set_xticks(range(len(rates)))
+    bottom.set_xticklabels([fmt.rate(r) for r in rates])
+
+
+def _model_lines(results: SweepResults, model: str, top, bottom) -> None:
+    """Past MANY_RATES rates: a line per pruner (dotted: right after pruning), failed
+    trials as red crosses at the bottom."""
+    for j, pruner in enumerate(results.pruners):
+        colour = PRUNER_COLOURS[j % len(PRUNER_COLOURS)]
+        for ax, metric, dots in ((top, "accuracy", False), (top, "accuracy_pruned", True),
+                                 (bottom, "param_reduction", False)):
+            points = [p for p in results.curve(model, pruner, metric) if p[0] > 0]
+            if points:
+                _line_with_band(ax, points, markers=False, color=colour, linestyle=":" if dots else "-")
+        failed = sorted({t["rate"] for t in results.failed if t["model"] == model and t["pruner"] == pruner})
+        if failed:
+            top.scatter(failed, [0.03] * len(failed), marker="x", color="#c62828", s=20,
+                        transform=top.get_xaxis_transform(), zorder=5)
+    _rate_axis(bottom, results.rates)
+    top.grid(True, axis="x", alpha=0.3)
 
 
 # trade-offs: accuracy against a cost, with the Pareto front ---------------------------------
@@ -249,8 +411,8 @@ _COST_AXES = {
 
 def tradeoff_chart(results: SweepResults, cost: str) -> Figure:
     label, scale, tick = _COST_AXES[cost]
-    points = [t for t in results.completed if t.get("accuracy") is not None and t.get(cost) is not None]
-    front = pareto_front(results.completed, cost)
+    points = [t for t in results.summaries if t.get("accuracy") is not None and t.get(cost) is not None]
+    front = pareto_front(results.summaries, cost)
     fig = Figure(figsize=(11, 6.4))
     ax = fig.subplots()
     for model in results.models:
@@ -262,6 +424,13 @@ def tradeoff_chart(results: SweepResults, cost: str) -> Figure:
                            marker=style["marker"], s=46 if filled else 90, alpha=0.8 if filled else 1,
                            facecolors=style["color"] if filled else "white",
                            edgecolors=style["color"], linewidths=1.6 if not filled else 0.5, zorder=3)
+            spread = [t for t in mine if t["spread"]["accuracy"].measured
+                      or (cost in t["spread"] and t["spread"][cost].measured)]
+            if spread:
+                ax.errorbar([t[cost] / scale for t in spread], [t["accuracy"] for t in spread],
+                            yerr=[t["spread"]["accuracy"].half_width or 0.0 for t in spread],
+                            xerr=[(t["spread"][cost].half_width or 0.0) / scale for t in spread],
+                            fmt="none", ecolor=style["color"], elinewidth=0.9, alpha=0.6, zorder=2)
     if front:
         xs = [t[cost] / scale for t in front]
         ys = [t["accuracy"] for t in front]
@@ -273,12 +442,16 @@ def tradeoff_chart(results: SweepResults, cost: str) -> Figure:
         # Plain numbers (matplotlib's default log labels are mathtext, slow to typeset).
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.6)))
+    else:  # an interval may reach below 0, which no cost can be
+        ax.set_xlim(left=max(ax.get_xlim()[0], 0.0))
     ax.set_xlabel(label)
     ax.set_ylabel("top-1 accuracy (%)")
+    low, high = ax.get_ylim()  # an interval may reach past what an accuracy can be
+    ax.set_ylim(max(low, -0.02), min(high, 1.02))
     _pct_axis(ax.yaxis)
     ax.grid(True, which="both", alpha=0.25)
     _header(fig, f"Top-1 accuracy vs {COST_NAMES[cost]} (up and to the left is better)",
-            _subtitle(results))
+            f"{_subtitle(results)}\n{_spread_note(results, 'error bars')}; the front compares means")
     on_front = {t["key"] for t in front}
     _label_front(fig, ax, [((t[cost] / scale, t["accuracy"]), trial_label(t)) for t in front],
                  [(t[cost] / scale, t["accuracy"]) for t in points if t["key"] not in on_front])
@@ -304,7 +477,8 @@ _LABEL_SPOTS = ((-9, 5, "right", "bottom"), (8, 7, "left", "bottom"), (-9, -5, "
 def _label_front(fig: Figure, ax, points: list[tuple[tuple[float, float], str]],
                  others: list[tuple[float, float]]) -> None:
     """Name the Pareto-front points where a label fits without covering another label,
-    a plotted point or the axes' edge; most accurate first. Says how many went unnamed."""
+    a plotted point or the axes' edge; most accurate first, at most FRONT_LABELS of them.
+    Says how many went unnamed."""
     if not points:
         return
     renderer = FigureCanvasAgg(fig).get_renderer()
@@ -313,7 +487,7 @@ def _label_front(fig: Figure, ax, points: list[tuple[tuple[float, float], str]],
     dots = [Bbox.from_bounds(x - 4, y - 4, 8, 8) for x, y in ax.transData.transform(others)] if others else []
     placed: list[Bbox] = []
     named = 0
-    for i in sorted(range(len(points)), key=lambda i: -points[i][0][1]):
+    for i in sorted(range(len(points)), key=lambda i: -points[i][0][1])[:FRONT_LABELS]:
         xy, label = points[i]
         for dx, dy, ha, va in _LABEL_SPOTS:
             text = ax.annotate(label, xy, xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
@@ -348,9 +522,9 @@ def _digest(results: SweepResults, *parts: Any) -> str:
 def _figures_of(results: SweepResults, model: str | None = None) -> list:
     """What the charts show of the trials: the figures of the completed ones; for one
     model's chart also the status of the others (it marks failed and unfinished ones)."""
-    cols = ("model", "pruner", "rate", "kind", "status", "accuracy", "param_reduction", "params_after",
-            "macs_after", "latency_ms")
-    return [[t.get(c) if t["status"] == "completed" or i < 5 else None for i, c in enumerate(cols)]
+    cols = ("model", "pruner", "rate", "kind", "status", "seed", "accuracy", "accuracy_pruned", "channel_sparsity",
+            "param_reduction", "params_after", "macs_after", "latency_ms")
+    return [[t.get(c) if t["status"] == "completed" or i < 6 else None for i, c in enumerate(cols)]
             for t in results.trials
             if (model is None and t["status"] == "completed") or t["model"] == model]
 
@@ -361,27 +535,50 @@ def plan_charts(results: SweepResults) -> list[tuple[Chart, Callable[[], Figure]
         return []
     everything = _figures_of(results)
     dataset = results.dataset_label
+    spread = ("Lines are means over the seeds, shaded bands their 95 % intervals." if results.spread_measured
+              else f"{results.no_spread_reason().capitalize()}.")
     plan: list[tuple[Chart, Callable[[], Figure]]] = [
-        (Chart("accuracy_vs_rate.png", "rate", "Accuracy vs pruning rate",
+        (Chart("accuracy_vs_rate.png", "rate", "Accuracy vs requested pruning rate",
                f"Top-1 accuracy on {dataset} after pruning and fine-tuning, a line per model and a "
-               "panel per pruner; the point at 'base' is the unpruned, fine-tuned model.",
+               "panel per pruner; the point at 'base' is the unpruned, fine-tuned model. The rate is "
+               f"the share of filters requested per selected layer. {spread}",
                _digest(results, "acc", everything)),
          lambda: accuracy_vs_rate(results)),
-        (Chart("param_reduction_vs_rate.png", "rate", "Parameter reduction vs pruning rate",
-               "Share of the unpruned model's parameters that pruning removed. On the dotted "
-               "diagonal a model shrinks as fast as the rate; below it, channel dependencies "
-               "(depthwise convolutions, concatenations, skipped layers) keep weights in place.",
-               _digest(results, "red", everything)),
-         lambda: reduction_vs_rate(results)),
     ]
+    if any(t.get("accuracy_pruned") is not None for t in results.completed):
+        plan.append((
+            Chart("accuracy_pruned_vs_rate.png", "rate", "Accuracy right after pruning",
+                  "Top-1 accuracy of the pruned model before any fine-tuning: what the pruning "
+                  "criterion kept, apart from what fine-tuning recovers (compare with the chart "
+                  f"above). The point at 'base' is the unpruned model. {spread}",
+                  _digest(results, "acc-pruned", everything)),
+            lambda: pruned_accuracy_vs_rate(results)))
+    plan.append((
+        Chart("param_reduction_vs_rate.png", "rate", "Parameter reduction vs requested pruning rate",
+              "Share of the unpruned model's parameters that pruning removed. On the dotted "
+              "diagonal a model shrinks as fast as the rate; below it, channel dependencies "
+              "(depthwise convolutions, concatenations, skipped layers) keep weights in place.",
+              _digest(results, "red", everything)),
+        lambda: reduction_vs_rate(results)))
+    if any(t.get("channel_sparsity") is not None for t in results.completed):
+        plan.append((
+            Chart("accuracy_vs_sparsity.png", "rate", "Accuracy vs achieved channel sparsity",
+                  "Top-1 accuracy after fine-tuning against the share of filters actually removed "
+                  "from the selected layers (which can differ from the requested rate where layers "
+                  f"are coupled). {spread.replace('shaded bands', 'bars')}",
+                  _digest(results, "sparsity", everything)),
+            lambda: accuracy_vs_sparsity(results)))
     for cost in ("params_after", "macs_after", "latency_ms"):
         if any(t.get(cost) is not None and t.get("accuracy") is not None for t in results.completed):
             name = COST_NAMES[cost]
             plan.append((
                 Chart(f"accuracy_vs_{_safe(name.lower())}.png", "tradeoff", f"Accuracy vs {name}",
-                      f"Every completed trial; hollow markers are unpruned baselines. The black "
-                      f"step line and rings mark the Pareto front: no other trial is both more "
-                      f"accurate and cheaper in {name}.", _digest(results, cost, everything)),
+                      f"Every completed configuration (model, pruner, rate) at its mean; hollow "
+                      f"markers are unpruned baselines. The black step line and rings mark the "
+                      f"Pareto front of the means: no other configuration is both more accurate "
+                      f"and cheaper in {name}."
+                      + (" Error bars: 95 % intervals over the seeds." if results.spread_measured else ""),
+                      _digest(results, cost, everything)),
                 lambda cost=cost: tradeoff_chart(results, cost)))
     if results.pruners:
         for model in results.models:
@@ -390,7 +587,10 @@ def plan_charts(results: SweepResults) -> list[tuple[Chart, Callable[[], Figure]
                 plan.append((
                     Chart(f"model_{_safe(model)}.png", "model", model,
                           f"{model}: accuracy (top) and parameters removed (bottom) per pruner at "
-                          "each rate; the dashed line is the unpruned baseline.",
+                          "each requested rate; the dashed line is the unpruned baseline"
+                          + ("; triangles: accuracy right after pruning, before fine-tuning"
+                             if any(row[7] is not None for row in mine) else "")
+                          + ("; error bars: 95 % intervals over the seeds." if results.spread_measured else "."),
                           _digest(results, "model", model, mine), model=model),
                     lambda model=model: model_chart(results, model)))
     return plan

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from sweep_service.report import fmt
+from sweep_service.spec import STATUSES
 
 EXIT_OK, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
 
@@ -77,11 +78,18 @@ def _export(args: argparse.Namespace) -> int:
     from sweep_service.report.export import export_text
 
     fmt_name = args.format or ("json" if args.output and args.output.suffix.lower() == ".json" else "csv")
+    if args.summary and fmt_name != "csv":
+        print("error: --summary is for CSV (JSON always has a `summary` list beside the trials)", file=sys.stderr)
+        return EXIT_ERROR
+    if args.summary and args.status:
+        print("error: --summary rows average completed trials: drop --status", file=sys.stderr)
+        return EXIT_ERROR
     results = _load(args)
     if results is None:
         return EXIT_ERROR
-    text = export_text(results, fmt_name, args.status)
-    n = sum(1 for t in results.trials if args.status is None or t["status"] == args.status)
+    text = export_text(results, fmt_name, args.status, summary=args.summary)
+    n = len(results.configurations) if args.summary else sum(
+        1 for t in results.trials if args.status is None or t["status"] == args.status)
     if args.output is None or str(args.output) == "-":
         sys.stdout.write(text)
     else:
@@ -92,7 +100,8 @@ def _export(args: argparse.Namespace) -> int:
             print(f"error: cannot write {args.output}: {exc.strerror or exc}; choose another --output",
                   file=sys.stderr)
             return EXIT_ERROR
-        print(f"wrote {n} trials of sweep {results.sweep_id} as {fmt_name.upper()} to {args.output}",
+        what = "configurations" if args.summary else "trials"
+        print(f"wrote {n} {what} of sweep {results.sweep_id} as {fmt_name.upper()} to {args.output}",
               file=sys.stderr)
     return EXIT_OK
 
@@ -179,8 +188,9 @@ def register(subparsers) -> None:
             "Write every trial of a sweep (one row each: model, pruner, rate, status, accuracy, "
             "baseline accuracy and drop, parameters, MACs, size, latency, phase timings, worker, "
             "error...) for spreadsheets and other tools. Fractions stay fractions (0.93 = 93%); "
-            "times are ISO 8601 UTC. JSON adds the sweep's config and library versions and each "
-            "trial's full spec."),
+            "times are ISO 8601 UTC. JSON adds the sweep's config, library versions and provenance, "
+            "each trial's full spec, and a `summary` list: per configuration (model, pruner, rate), "
+            "each figure's mean over the seeds and its 95% interval. --summary writes that list as CSV."),
         epilog="examples:\n"
                "  python -m sweep_service export --db results/sweep.db --format csv --output trials.csv\n"
                "  python -m sweep_service export --db results/sweep.db --format json | jq '.trials[0]'")
@@ -190,6 +200,10 @@ def register(subparsers) -> None:
                         help="output format (default: json if --output ends in .json, else csv)")
     export.add_argument("--output", "-o", type=Path, metavar="FILE",
                         help="file to write, or - for standard output (the default)")
-    export.add_argument("--status", choices=("completed", "failed", "running", "pending"),
+    export.add_argument("--status", choices=STATUSES,
                         help="only trials with this status (default: all)")
+    export.add_argument("--summary", action="store_true",
+                        help="CSV: a row per configuration (model, pruner, rate) instead of per trial: "
+                             "the number of seeds, and each figure's mean and 95%% interval bounds "
+                             "(empty with one seed)")
     export.set_defaults(func=_export)

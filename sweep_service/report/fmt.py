@@ -13,6 +13,31 @@ def pct(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value * 100:.{digits}f}%"
 
 
+def pct_tick(value: float) -> str:
+    """An axis tick of a fraction, with the decimals it needs: 0.925 -> '92.5%', 0.9 -> '90%'."""
+    return f"{round(value * 100, 4) + 0.0:g}%"  # + 0.0: no "-0%"
+
+
+def pct_pm(mean: float | None, half_width: float | None, digits: int = 1) -> str:
+    """A mean fraction and its interval's half-width: '91.2 ± 0.8%'; the mean alone without one."""
+    if mean is None or half_width is None:
+        return pct(mean, digits)
+    return f"{mean * 100:.{digits}f} ± {half_width * 100:.{digits}f}%"
+
+
+def points_pm(mean: float | None, half_width: float | None) -> str:
+    """A mean accuracy difference and its interval's half-width, in points: '+1.2 ± 0.8 pt'."""
+    if mean is None or half_width is None:
+        return points(mean)
+    return f"{round(mean * 100, 1) + 0.0:+.1f} ± {half_width * 100:.1f} pt"
+
+
+def ms_pm(mean: float | None, half_width: float | None) -> str:
+    if mean is None or half_width is None:
+        return ms(mean)
+    return f"{mean:.3g} ± {half_width:.2g} ms"
+
+
 def points(value: float | None) -> str:
     """An accuracy difference (a fraction) in percentage points, signed."""
     return "-" if value is None else f"{round(value * 100, 1) + 0.0:+.1f} pt"  # + 0.0: no "-0.0"

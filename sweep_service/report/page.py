@@ -18,11 +18,13 @@ from typing import Any, Callable
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from sweep_service.files import write_atomic
+from sweep_service.provenance import describe_commit
 from sweep_service.report import fmt
 from sweep_service.report.charts import Chart, render_charts
 from sweep_service.report.export import export_text
-from sweep_service.report.recommend import Limits, recommend
+from sweep_service.report.recommend import Limits, accuracy_text, recommend
 from sweep_service.report.results import SweepResults, load_results, trial_label
+from sweep_service.report.stats import CONFIDENCE, Estimate
 from sweep_service.report.status import STATUS_FILE
 from sweep_service.spec import BASELINE, PENDING, RUNNING
 
@@ -40,20 +42,31 @@ class Column:
     show: Callable[[Any], str]
     hint: str = ""
     minor: bool = False  # timings and bookkeeping: shown smaller
+    # A mean and its interval's half-width as text, for configuration rows over several seeds.
+    show_pm: Callable[[Any, Any], str] | None = None
+    optional: bool = False  # shown only if some row has the figure (older sweeps lack it)
+    per_trial: bool = False  # a trial's own bookkeeping: not in tables of configurations
 
 
 COLUMNS = (
     Column("model", "model", str),
     Column("pruner", "pruner", str),
-    Column("rate", "rate", fmt.rate, "pruning rate: share of filters removed per pruned layer"),
-    Column("accuracy", "accuracy", fmt.pct, "top-1 accuracy on the test split"),
-    Column("vs base", "accuracy_change", fmt.points, "accuracy minus the unpruned baseline's, in points"),
+    Column("rate", "rate", fmt.rate, "requested pruning rate: share of filters asked of each selected layer"),
+    Column("accuracy", "accuracy", fmt.pct, "top-1 accuracy on the test split, after fine-tuning",
+           show_pm=fmt.pct_pm),
+    Column("vs base", "accuracy_change", fmt.points, "accuracy minus the unpruned baseline's (same seed), in points",
+           show_pm=fmt.points_pm),
     Column("params", "params_after", fmt.count, "parameters after pruning"),
     Column("params −", "param_reduction", lambda v: fmt.pct(v, 1), "share of parameters removed"),
     Column("MACs", "macs_after", fmt.count, "multiply-accumulates per image"),
     Column("MACs −", "mac_reduction", lambda v: fmt.pct(v, 1), "share of MACs removed"),
     Column("size", "model_size_bytes", fmt.size, "saved model file, MB of 10^6 bytes"),
-    Column("latency", "latency_ms", fmt.ms, "median CPU latency, batch 1"),
+    Column("latency", "latency_ms", fmt.ms, "median CPU latency, batch 1", show_pm=fmt.ms_pm),
+    Column("before FT", "accuracy_pruned", fmt.pct, "top-1 accuracy right after pruning, before fine-tuning",
+           show_pm=fmt.pct_pm, optional=True),
+    Column("sparsity", "channel_sparsity", lambda v: fmt.pct(v, 1),
+           "achieved channel sparsity: filters removed ÷ filters of the selected layers", show_pm=fmt.pct_pm,
+           optional=True),
     Column("prune", "time_prune_s", fmt.seconds, "time to compute the masks", True),
     Column("speedup", "time_speedup_s", fmt.seconds, "time to remove the masked channels", True),
     Column("fine-tune", "time_finetune_s", fmt.seconds, "fine-tuning time", True),
@@ -61,11 +74,14 @@ COLUMNS = (
     Column("measure", "time_measure_s", fmt.seconds, "time to count MACs and measure latency", True),
     Column("total", "time_total_s", fmt.seconds, "trial time on the worker", True),
     Column("wait", "time_wait_s", fmt.seconds, "time from submission to start", True),
-    Column("worker", "worker_host", lambda v: v or "-", "host that ran the trial", True),
-    Column("RSS", "worker_rss_mb", lambda v: "-" if v is None else f"{v:.0f} MB", "worker memory", True),
-    Column("tries", "attempts", lambda v: "-" if v is None else str(v), "attempts", True),
-    Column("key", "key", str, "trial key (hash of its spec)", True),
+    Column("worker", "worker_host", lambda v: v or "-", "host that ran the trial", True, per_trial=True),
+    Column("RSS", "worker_rss_mb", lambda v: "-" if v is None else f"{v:.0f} MB", "worker memory", True,
+           per_trial=True),
+    Column("tries", "attempts", lambda v: "-" if v is None else str(v), "attempts", True, per_trial=True),
+    Column("key", "key", str, "trial key (hash of its spec)", True, per_trial=True),
 )
+SEED_COLUMN = Column("seed", "seed", str, "the trial's seed (its baseline has the same)")
+SEEDS_COLUMN = Column("seeds", "n", str, "how many seeds the figures are the mean of")
 
 
 @functools.lru_cache(maxsize=1)
@@ -74,7 +90,7 @@ def _environment() -> Environment:
                       autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
     env.filters.update(pct=fmt.pct, count=fmt.count, ms=fmt.ms, size=fmt.size, seconds=fmt.seconds,
-                       when=fmt.when, rate=fmt.rate, label=trial_label)
+                       when=fmt.when, rate=fmt.rate, label=trial_label, accuracy=accuracy_text)
     return env
 
 
@@ -83,19 +99,95 @@ def _cell(value: Any, text: str, minor: bool) -> dict[str, Any]:
     return dict(text=text, sort=value if numeric else (value or ""), minor=minor)
 
 
-def _table(trials: list[dict[str, Any]], extra: Column | None = None) -> dict[str, Any]:
-    """Headers and rows of a trial table: the main figures, then `extra` (a column of
-    values the rows carry under its key), then timings and bookkeeping."""
-    columns = [c for c in COLUMNS if not c.minor] + ([extra] if extra else []) + [c for c in COLUMNS if c.minor]
+def _table(trials: list[dict[str, Any]], extra: Column | None = None, *, summary: bool = False,
+           seeds: bool = False) -> dict[str, Any]:
+    """Headers and rows of a table of trials, or with `summary` of configurations (rows of
+    SweepResults.summaries: means, with mean ± half-width where an interval was measured):
+    the main figures, the seed(s) if `seeds`, then `extra` (a column of values the rows
+    carry under its key), then timings and bookkeeping."""
+    main = [c for c in COLUMNS if not c.minor
+            and (not c.optional or any(t.get(c.key) is not None for t in trials))]
+    minor = [c for c in COLUMNS if c.minor and not (summary and c.per_trial)]
+    columns = main + ([SEEDS_COLUMN if summary else SEED_COLUMN] if seeds else []) + ([extra] if extra else []) + minor
     rows = []
     for t in trials:
+        spread = dict(t.get("spread") or {})
+        if "accuracy_drop" in spread:
+            drop = spread["accuracy_drop"]
+            spread["accuracy_change"] = Estimate(-drop.mean, drop.n, drop.half_width, drop.sd)
         t = {**t, "accuracy_change": None if t.get("accuracy_drop") is None else -t["accuracy_drop"]}
         if t["kind"] == BASELINE:
             t["pruner"] = "baseline"
-        cells = [_cell(t.get(c.key), c.show(t[c.key]) if t.get(c.key) is not None else "-", c.minor)
-                 for c in columns]
+        cells = []
+        for c in columns:
+            value, estimate = t.get(c.key), spread.get(c.key)
+            if value is None:
+                text = "-"
+            elif c.show_pm and estimate is not None and estimate.measured:
+                text = c.show_pm(estimate.mean, estimate.half_width)
+            else:
+                text = c.show(value)
+            cells.append(_cell(value, text, c.minor))
         rows.append(dict(cells=cells, key=t["key"], status=t["status"], kind=t["kind"]))
     return dict(columns=columns, rows=rows)
+
+
+def _pairwise(results: SweepResults) -> list[dict[str, Any]]:
+    """Per model, each pair of pruners at each rate by their paired accuracy difference."""
+    out = []
+    for model in results.models:
+        rows = []
+        for c in results.pairwise(model):
+            d = c.difference
+            rows.append(dict(
+                rate=c.rate, rate_text=fmt.rate(c.rate), pair=f"{c.first} − {c.second}",
+                difference=d.mean, difference_text=fmt.points(d.mean),
+                interval="-" if not d.measured else f"{fmt.points(d.low)} to {fmt.points(d.high)}",
+                n=d.n, verdict=c.verdict,
+                state="unmeasured" if not d.measured else "noise" if d.contains(0.0) else "clear"))
+        if rows:
+            out.append(dict(model=model, rows=rows))
+    return out
+
+
+def _spread_text(results: SweepResults) -> str:
+    """What the figures of configurations are: means with intervals, or single runs."""
+    seeds = results.seeds
+    if not results.spread_measured and len(seeds) > 1:
+        return (f"Each configuration (model, pruner, rate) runs with {len(seeds)} seeds "
+                f"({', '.join(map(str, seeds))}), but none has two of them completed yet: its figures "
+                "have no interval yet.")
+    if not results.spread_measured:
+        one = f"seed {seeds[0]}" if len(seeds) == 1 else "one seed each"
+        return (f"Each configuration (model, pruner, rate) ran once ({one}): no spread was measured, "
+                "so no figure here has an interval, and a difference of a point between two pruners "
+                "may be noise. Set `repeats: 3` (or `seeds: [0, 1, 2]`) in the config to measure it.")
+    counts = sorted({len(c.trials) for c in results.configurations.values()})
+    many = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    return (f"Each configuration (model, pruner, rate) ran with {many} seeds ({', '.join(map(str, seeds))}); "
+            f"its figures are means, written mean ± half-width of the {CONFIDENCE:.0%} Student-t interval, "
+            "and the charts draw those intervals.")
+
+
+def _budget_text(results: SweepResults) -> str:
+    """The training each trial had: why a pruned model can beat its baseline."""
+    config = results.config
+    base, tune = config.get("baseline_epochs"), config.get("finetune_epochs")
+    if base is None or tune is None:
+        return ""
+
+    def epochs(n: int) -> str:
+        return f"{n} epoch" + ("" if n == 1 else "s")
+
+    start = {"imagenet": "the ImageNet-pretrained weights", "none": "random initialisation"}.get(
+        results.sweep.get("weights"), "its weights")
+    if config.get("prune_from") == "pretrained":
+        return (f"Training budgets: each baseline trains {epochs(base)} from {start}; each pruned trial "
+                f"prunes the unpruned model of {start} and fine-tunes {epochs(tune)}.")
+    return (f"Training budgets: each baseline trains {epochs(base)} from {start}; each pruned trial "
+            f"prunes its baseline and fine-tunes {epochs(tune)} more, {epochs(base + tune)} in all. A pruned "
+            "model that ends up more accurate than its baseline (a negative drop) gained more from its "
+            "extra training than pruning cost it.")
 
 
 def _in_grid_order(results: SweepResults, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -135,6 +227,7 @@ def render_page(results: SweepResults, charts: list[Chart], out_dir: Path) -> st
     rec = recommend(results, config_limits, source="from the sweep config") if config_limits else None
     pareto = results.pareto_set()
     unfinished = [t for t in results.trials if t["status"] in (PENDING, RUNNING)]
+    several = results.spread_measured
     generated = time.time()
     views = [_chart_view(c, out_dir) for c in charts]
     context = dict(
@@ -155,19 +248,26 @@ def render_page(results: SweepResults, charts: list[Chart], out_dir: Path) -> st
         rate_charts=[v for v in views if v["group"] == "rate"],
         tradeoff_charts=[v for v in views if v["group"] == "tradeoff"],
         model_charts=[v for v in views if v["group"] == "model"],
-        best=_table(results.best_per_model()),
+        best=_table(results.best_per_model(), summary=True, seeds=several),
         pareto=_table([{**t, "front": ", ".join(t["fronts"])} for t in pareto],
-                      Column("front", "front", str, "the costs for which no other trial is both "
-                                                    "more accurate and cheaper")),
-        completed=_table(_in_grid_order(results, results.completed)),
+                      Column("front", "front", str, "the costs for which no other configuration is "
+                                                    "both more accurate and cheaper (by the means)"),
+                      summary=True, seeds=several),
+        completed=_table(_in_grid_order(results, results.completed), seeds=len(results.seeds) > 1),
+        pairwise=_pairwise(results),
+        spread_text=_spread_text(results),
+        budget_text=_budget_text(results),
+        commit=describe_commit(results.provenance, full=True) if results.provenance else "not recorded",
+        worker_differences=results.worker_version_differences(),
         failed=[dict(model=t["model"], pruner=t["pruner"], rate=t["rate"], kind=t["kind"],
                      attempts=t.get("attempts"), host=t.get("worker_host") or "-",
                      first=_first_line(t.get("error")), error=(t.get("error") or "").strip())
                 for t in _in_grid_order(results, results.failed)],
         unfinished=unfinished,
-        rec=rec, rec_table=_table(rec.eligible[:5]) if rec else None,
+        rec=rec, rec_table=_table(rec.eligible[:5], summary=True, seeds=several) if rec else None,
         config_text=json.dumps(results.config, indent=2, sort_keys=True),
         csv_name=CSV_NAME,
+        confidence=CONFIDENCE,
     )
     return _environment().get_template("report.html.j2").render(**context)
 

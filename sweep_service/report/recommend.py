@@ -1,9 +1,10 @@
-"""Pick the most accurate trial within a device's limits, and say why.
+"""Pick the most accurate configuration within a device's limits, and say why.
 
 Limits come from the command line or from the sweep config's `constraints`. Every
-completed trial is a candidate, unpruned baselines included (the right answer may be
-not to prune). When nothing fits, the answer says which limit excluded most trials,
-which limit alone stands in the way, and which trials came closest.
+completed configuration (model, pruner, rate) is a candidate, by its mean over its seeds,
+unpruned baselines included (the right answer may be not to prune); with one seed a
+configuration is one trial. When nothing fits, the answer says which limit excluded most,
+which limit alone stands in the way, and which came closest.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, Callable
 
 from sweep_service.report import fmt
 from sweep_service.report.results import SweepResults, trial_label
+from sweep_service.report.stats import CONFIDENCE
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,12 @@ class Recommendation:
 
     @property
     def candidates(self) -> int:
-        return len(self.results.completed)
+        return len(self.results.summaries)
+
+    @property
+    def noun(self) -> str:
+        """What the candidates are called: trials with one seed each, else configurations."""
+        return "configurations" if self.results.spread_measured else "trials"
 
     def limit_rows(self) -> list[dict[str, Any]]:
         """Per active limit: its text, the chosen trial's figure, and what it excluded."""
@@ -128,10 +135,11 @@ class Recommendation:
         return rows
 
     def why(self) -> str:
+        mean = " by mean accuracy" if self.results.spread_measured else ""
         if not self.limits:
-            return f"the most accurate of all {self.candidates} completed trials (no limits given)"
-        return (f"the most accurate of the {len(self.eligible)} of {self.candidates} completed "
-                "trials that meet every limit")
+            return f"the most accurate{mean} of all {self.candidates} completed {self.noun} (no limits given)"
+        return (f"the most accurate{mean} of the {len(self.eligible)} of {self.candidates} completed "
+                f"{self.noun} that meet every limit")
 
     def most_excluding(self) -> str | None:
         if not self.excluded_by:
@@ -151,26 +159,32 @@ class Recommendation:
         if not r.completed:
             out.append("no completed trial yet: nothing to recommend")
             return out
+        if r.spread_measured:
+            out.append(f"figures: mean ± half-width of the {CONFIDENCE:.0%} interval over each configuration's seeds")
+        else:
+            out.append(f"{r.no_spread_reason()}, so differences of about a point may be noise")
         chosen = self.chosen
         if chosen is None:
-            out.append(f"NO completed trial meets all the limits ({self.candidates} checked).")
-            out.append("excluded by each limit (a trial may break several):")
+            out.append(f"NO completed {self.noun[:-1]} meets all the limits ({self.candidates} checked).")
+            out.append(f"excluded by each limit (one of the {self.noun} may break several):")
             for row in self.limit_rows():
                 alone = f", {row['only']} of them by this limit alone" if row["only"] else ""
-                out.append(f"  {row['limit']:<28} excludes {row['excluded']:>4} trials{alone}")
+                out.append(f"  {row['limit']:<28} excludes {row['excluded']:>4} {self.noun}{alone}")
             out.append(f"the limit that excludes most: {self.most_excluding()}")
             if self.closest:
                 out.append("closest candidates (smallest total excess over the limits):")
                 for t, miss in self.closest:
-                    out.append(f"  {trial_label(t):<30} {fmt.pct(t.get('accuracy')):>6}  "
+                    out.append(f"  {trial_label(t):<30} {accuracy_text(t):>6}  "
                                + "; ".join(m.text() for m in miss))
             return out
-        out.append(f"recommended: {trial_label(chosen)}  (trial {chosen['key']})")
+        keys = chosen.get("keys") or [chosen["key"]]
+        which = f"trial {keys[0]}" if len(keys) == 1 else f"mean of {len(keys)} seeds: trials {', '.join(keys)}"
+        out.append(f"recommended: {trial_label(chosen)}  ({which})")
         out.append(f"why: {self.why()}")
         out.append("  " + summary(chosen))
         for row in self.limit_rows():
             out.append(f"  {row['limit']:<28} ok: {row['value']:<10} (this limit excludes "
-                       f"{row['excluded']} trials)")
+                       f"{row['excluded']} {self.noun})")
         others = self.eligible[1:1 + runners_up]
         if others:
             out.append("next best within the limits:" if self.limits else "next best:")
@@ -179,24 +193,40 @@ class Recommendation:
         return out
 
 
+def _spread(t: dict[str, Any], metric: str):
+    """The row's interval of `metric`, if it is a configuration's over two seeds or more."""
+    estimate = (t.get("spread") or {}).get(metric)
+    return estimate if estimate is not None and estimate.measured else None
+
+
+def accuracy_text(t: dict[str, Any]) -> str:
+    """A row's accuracy: '91.2 ± 0.8%' for a configuration over several seeds, else '91.2%'."""
+    estimate = _spread(t, "accuracy")
+    return fmt.pct_pm(estimate.mean, estimate.half_width) if estimate else fmt.pct(t.get("accuracy"))
+
+
 def summary(t: dict[str, Any]) -> str:
     drop = t.get("accuracy_drop")
-    vs_base = f" ({fmt.points(-drop)} vs baseline)" if drop is not None and t.get("kind") != "baseline" else ""
+    spread = _spread(t, "accuracy_drop")
+    change = fmt.points_pm(-drop, spread.half_width) if spread and drop is not None else fmt.points(
+        None if drop is None else -drop)
+    vs_base = f" ({change} vs baseline)" if drop is not None and t.get("kind") != "baseline" else ""
+    seeds = f" over {t['n']} seeds" if _spread(t, "accuracy") else ""
     removed = "unpruned" if t.get("kind") == "baseline" else f"-{fmt.pct(t.get('param_reduction'), 0)}"
-    return (f"accuracy {fmt.pct(t.get('accuracy'))}{vs_base}, params {fmt.count(t.get('params_after'))} "
+    return (f"accuracy {accuracy_text(t)}{seeds}{vs_base}, params {fmt.count(t.get('params_after'))} "
             f"({removed}), MACs {fmt.count(t.get('macs_after'))}, "
             f"latency {fmt.ms(t.get('latency_ms'))}, size {fmt.size(t.get('model_size_bytes'))}")
 
 
 def recommend(results: SweepResults, limits: Limits | None = None, *, source: str = "given",
               closest: int = 3) -> Recommendation:
-    """The most accurate completed trial within `limits` (default: the sweep config's
+    """The most accurate completed configuration within `limits` (default: the sweep config's
     `constraints`); ties go to fewer parameters, then lower latency. `source` says
     where the limits came from, for the explanation."""
     if limits is None:
         limits = Limits.from_mapping(results.config.get("constraints"))
         source = "from the sweep config" if limits else "none given"
-    checked = [(t, misses(t, limits)) for t in results.completed]
+    checked = [(t, misses(t, limits)) for t in results.summaries]
     eligible = sorted((t for t, m in checked if not m), key=_rank, reverse=True)
     excluded_by: dict[str, int] = {}
     only_by: dict[str, int] = {}

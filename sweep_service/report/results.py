@@ -2,6 +2,11 @@
 
 Everything the charts, tables, `recommend` and `export` show comes from here, so the
 report needs nothing but the SQLite file (no config file, no models on disk).
+
+A trial is one (model, pruner, rate, seed); a configuration is one (model, pruner, rate)
+over its seeds (sweep_service.report.stats): what the charts, the Pareto front and
+`recommend` compare is configurations, by their mean, with a 95 % interval where two
+seeds or more were run.
 """
 from __future__ import annotations
 
@@ -14,12 +19,70 @@ from typing import Any
 from sweep_service.coordinator.lock import is_live
 from sweep_service.coordinator.store import ResultStore
 from sweep_service.dataset_info import describe
-from sweep_service.report import fmt
-from sweep_service.spec import BASELINE, COMPLETED, FAILED, PENDING, PRUNED, RUNNING
+from sweep_service.report import fmt, stats
+from sweep_service.report.stats import Estimate, estimate, paired_difference
+from sweep_service.spec import BASELINE, COMPLETED, FAILED, PENDING, PRUNED, RUNNING, SKIPPED
 
 # The costs that the trade-off charts and the Pareto set weigh accuracy against.
 COSTS = ("params_after", "macs_after", "latency_ms")
 COST_NAMES = {"params_after": "parameters", "macs_after": "MACs", "latency_ms": "latency"}
+# The figures a configuration averages over its seeds.
+METRICS = ("accuracy", "accuracy_pruned", "accuracy_drop", "baseline_accuracy", "channel_sparsity",
+           "params_before", "params_after", "param_reduction", "macs_before", "macs_after", "mac_reduction",
+           "model_size_bytes", "latency_ms", "time_prune_s", "time_speedup_s", "time_finetune_s", "time_eval_s",
+           "time_measure_s", "time_total_s", "time_wait_s")
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One (model, pruner, rate) and its completed trials, one per seed (a baseline's
+    pruner is "none" and its rate 0)."""
+
+    model: str
+    pruner: str
+    rate: float
+    kind: str
+    trials: tuple[dict[str, Any], ...]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [t["seed"] for t in self.trials]
+
+    def values(self, metric: str) -> dict[int, float]:
+        """The seeds' values of `metric` (trials without it left out)."""
+        return {t["seed"]: t[metric] for t in self.trials if t.get(metric) is not None}
+
+    def estimate(self, metric: str) -> Estimate | None:
+        return estimate(self.values(metric).values())
+
+    def row(self) -> dict[str, Any]:
+        """A trial-like row with each figure's mean over the seeds, for tables, the Pareto
+        front and `recommend`; `spread` holds each figure's Estimate, `n` the seeds."""
+        first = self.trials[0]
+        spread = {m: e for m in METRICS if (e := self.estimate(m)) is not None}
+        hosts = {t.get("worker_host") for t in self.trials}
+        return {**{k: v for k, v in first.items() if k not in METRICS},
+                **{m: e.mean for m, e in spread.items()},
+                **{m: None for m in METRICS if m not in spread},
+                "key": first["key"], "keys": [t["key"] for t in self.trials], "seed": None,
+                "seeds": self.seeds, "n": len(self.trials), "spread": spread,
+                "worker_host": hosts.pop() if len(hosts) == 1 else "several",
+                "attempts": sum(t.get("attempts") or 0 for t in self.trials)}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two pruners of one model at one rate, by their paired accuracy difference."""
+
+    model: str
+    rate: float
+    first: str
+    second: str
+    difference: Estimate  # first - second, over the seeds both completed
+
+    @property
+    def verdict(self) -> str:
+        return stats.verdict(self.difference, self.first, self.second)
 
 
 @dataclass(frozen=True)
@@ -40,6 +103,40 @@ class SweepResults:
     @cached_property
     def versions(self) -> dict[str, str]:
         return self._json_column("versions_json")
+
+    @cached_property
+    def provenance(self) -> dict[str, Any]:
+        """The git commit and data set hash the sweep's latest run recorded (empty for
+        sweeps recorded before they were)."""
+        return self._json_column("provenance_json")
+
+    @cached_property
+    def worker_versions(self) -> list[tuple[dict[str, str], list[str]]]:
+        """Each distinct set of library versions the completed trials' workers reported,
+        with the hosts that had it; most trials first."""
+        seen: dict[str, list[dict[str, Any]]] = {}
+        for t in self.completed:
+            if t.get("worker_versions_json"):
+                seen.setdefault(t["worker_versions_json"], []).append(t)
+        out = []
+        for text, trials in sorted(seen.items(), key=lambda kv: -len(kv[1])):
+            try:
+                versions = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            out.append((versions, sorted({t.get("worker_host") or "?" for t in trials})))
+        return out
+
+    def worker_version_differences(self) -> dict[str, list[str]]:
+        """Library -> its versions, for each library whose version differed between workers."""
+        names = sorted({name for versions, _ in self.worker_versions for name in versions})
+        found = {name: list(dict.fromkeys(versions.get(name, "not reported") for versions, _ in self.worker_versions))
+                 for name in names}
+        return {name: values for name, values in found.items() if len(values) > 1}
+
+    def settings(self, column: str) -> list[str]:
+        """The distinct values of a per-trial setting (e.g. `grouping`) of the pruned trials."""
+        return sorted({t[column] for t in self.trials if t["kind"] == PRUNED and t.get(column) is not None})
 
     def _json_column(self, column: str) -> dict[str, Any]:
         try:
@@ -75,7 +172,7 @@ class SweepResults:
 
     @cached_property
     def counts(self) -> dict[str, int]:
-        counts = {s: 0 for s in (COMPLETED, FAILED, RUNNING, PENDING)}
+        counts = {s: 0 for s in (COMPLETED, FAILED, SKIPPED, RUNNING, PENDING)}
         for t in self.trials:
             counts[t["status"]] = counts.get(t["status"], 0) + 1
         return counts
@@ -94,37 +191,91 @@ class SweepResults:
     def rates(self) -> list[float]:
         return sorted({t["rate"] for t in self.trials if t["kind"] == PRUNED})
 
-    def baseline(self, model: str) -> dict[str, Any] | None:
-        """The model's completed baseline trial (rate 0), if any."""
-        return next((t for t in self.completed if t["model"] == model and t["kind"] == BASELINE), None)
+    @cached_property
+    def seeds(self) -> list[int]:
+        """Every seed of the sweep's trials."""
+        return sorted({t["seed"] for t in self.trials if t["seed"] is not None})
 
-    def curve(self, model: str, pruner: str, metric: str) -> list[tuple[float, float]]:
-        """(rate, value) of completed trials, the baseline at rate 0 first; no None values."""
+    @cached_property
+    def configurations(self) -> dict[tuple[str, str, float], Configuration]:
+        """Completed trials grouped by (model, pruner, rate), baselines as (model, "none", 0),
+        in grid order: models and pruners in config order, each model's baseline first."""
+        groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+        for t in self.completed:
+            groups.setdefault((t["model"], t["pruner"], t["rate"]), []).append(t)
+        models = {m: i for i, m in enumerate(self.models)}
+        pruners = {p: i for i, p in enumerate(self.pruners)}
+        order = sorted(groups, key=lambda k: (models[k[0]], -1 if k[1] == "none" else pruners[k[1]], k[2]))
+        return {k: Configuration(*k, kind=groups[k][0]["kind"],
+                                 trials=tuple(sorted(groups[k], key=lambda t: t["seed"] or 0)))
+                for k in order}
+
+    @cached_property
+    def summaries(self) -> list[dict[str, Any]]:
+        """A row per configuration (Configuration.row), in grid order."""
+        return [c.row() for c in self.configurations.values()]
+
+    @property
+    def spread_measured(self) -> bool:
+        """Whether some configuration has two seeds or more (else no interval anywhere)."""
+        return any(len(c.trials) > 1 for c in self.configurations.values())
+
+    def no_spread_reason(self) -> str:
+        """Why no figure has an interval, when none has."""
+        if len(self.seeds) > 1:
+            return (f"{len(self.seeds)} seeds per configuration, none with two of them completed yet: "
+                    "no interval yet")
+        return "one seed per configuration: no spread measured"
+
+    def baseline(self, model: str) -> Configuration | None:
+        """The model's baseline configuration (its completed baselines, one per seed)."""
+        return self.configurations.get((model, "none", 0.0))
+
+    def curve(self, model: str, pruner: str, metric: str,
+              baseline_metric: str | None = None) -> list[tuple[float, Estimate]]:
+        """(rate, mean and interval) of the configurations with `metric`, the baseline's
+        `baseline_metric` (default: the same) at rate 0 first."""
+        keys = [(model, "none", 0.0)] + [(model, pruner, r) for r in self.rates]
         points = []
-        base = self.baseline(model)
-        if base is not None and base.get(metric) is not None:
-            points.append((0.0, base[metric]))
-        points += [(t["rate"], t[metric]) for t in self.completed
-                   if t["model"] == model and t["pruner"] == pruner and t["kind"] == PRUNED
-                   and t.get(metric) is not None]
-        return sorted(points)
+        for key in keys:
+            config = self.configurations.get(key)
+            wanted = (baseline_metric or metric) if key[1] == "none" else metric
+            value = config.estimate(wanted) if config else None
+            if value is not None:
+                points.append((key[2], value))
+        return points
+
+    def pairwise(self, model: str, metric: str = "accuracy") -> list[Comparison]:
+        """Each pair of the model's pruners at each rate, by their paired difference in
+        `metric` over the seeds both completed; rates in order, pairs in config order."""
+        out = []
+        for rate in self.rates:
+            for i, first in enumerate(self.pruners):
+                for second in self.pruners[i + 1:]:
+                    a, b = (self.configurations.get((model, p, rate)) for p in (first, second))
+                    difference = paired_difference(a.values(metric), b.values(metric)) if a and b else None
+                    if difference is not None:
+                        out.append(Comparison(model, rate, first, second, difference))
+        return out
 
     def best_per_model(self) -> list[dict[str, Any]]:
-        """Each model's most accurate pruned trial (its baseline if none is done yet)."""
+        """Each model's most accurate pruned configuration by mean (its baseline if none is
+        done yet)."""
         best = []
         for model in self.models:
-            rows = [t for t in self.completed if t["model"] == model and t.get("accuracy") is not None]
+            rows = [t for t in self.summaries if t["model"] == model and t.get("accuracy") is not None]
             pruned = [t for t in rows if t["kind"] == PRUNED] or rows
             if pruned:
                 best.append(max(pruned, key=_accuracy_then_small))
         return best
 
     def pareto(self, cost: str) -> list[dict[str, Any]]:
-        return pareto_front(self.completed, cost)
+        return pareto_front(self.summaries, cost)
 
     def pareto_set(self) -> list[dict[str, Any]]:
-        """Trials on the accuracy front of at least one cost; each row gains `fronts`,
-        the names of the costs it is optimal for. Ordered by accuracy, best first."""
+        """Configurations on the accuracy front of at least one cost (by their means); each
+        row gains `fronts`, the names of the costs it is optimal for. Ordered by accuracy,
+        best first."""
         fronts: dict[str, list[str]] = {}
         rows: dict[str, dict[str, Any]] = {}
         for cost in COSTS:
@@ -136,8 +287,8 @@ class SweepResults:
 
 
 def pareto_front(trials: list[dict[str, Any]], cost: str) -> list[dict[str, Any]]:
-    """Trials no other trial beats on both accuracy (higher) and `cost` (lower), in
-    increasing cost. Trials missing either figure are left out."""
+    """Rows (trials or configurations) no other row beats on both accuracy (higher) and
+    `cost` (lower), in increasing cost. Rows missing either figure are left out."""
     points = [t for t in trials if t.get("accuracy") is not None and t.get(cost) is not None]
     points.sort(key=lambda t: (t[cost], -t["accuracy"]))
     front, best = [], float("-inf")
@@ -159,15 +310,29 @@ def load_results(db_path: str | Path, sweep_id: str | None = None) -> SweepResul
         trials = store.trials(sweep["sweep_id"])
         others = [s["sweep_id"] for s in store.sweeps() if s["sweep_id"] != sweep["sweep_id"]]
         lock = store.lock_holder(sweep["sweep_id"])
-    return SweepResults(sweep=sweep, trials=_with_drops(trials),
+    return SweepResults(sweep=sweep, trials=_with_drops(_with_seeds(trials)),
                         dataset_label=describe(sweep["dataset"]),
                         other_sweeps=others, lock=lock)
 
 
+def _with_seeds(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows written before the seed had a column of its own take it from their spec."""
+    out = []
+    for t in trials:
+        if t.get("seed") is None:
+            try:
+                t = {**t, "seed": json.loads(t.get("spec_json") or "{}").get("seed")}
+            except json.JSONDecodeError:
+                pass
+        out.append(t)
+    return out
+
+
 def _with_drops(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fill baseline_accuracy and accuracy_drop from the model's baseline where the
-    coordinator has not linked them yet (e.g. a pruned trial finished first)."""
-    base = {t["model"]: t["accuracy"] for t in trials
+    """Fill baseline_accuracy and accuracy_drop from the trial's own baseline (its model's,
+    of its seed) where the coordinator has not linked them yet (e.g. a pruned trial
+    finished first)."""
+    base = {(t["model"], t["seed"]): t["accuracy"] for t in trials
             if t["kind"] == BASELINE and t["status"] == COMPLETED and t["accuracy"] is not None}
     out = []
     for t in trials:
@@ -175,8 +340,8 @@ def _with_drops(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if t["kind"] == BASELINE and t["status"] == COMPLETED and t["accuracy"] is not None:
             t["baseline_accuracy"] = t["baseline_accuracy"] if t["baseline_accuracy"] is not None else t["accuracy"]
             t["accuracy_drop"] = t["accuracy_drop"] if t["accuracy_drop"] is not None else 0.0
-        elif t["baseline_accuracy"] is None and t["model"] in base:
-            t["baseline_accuracy"] = base[t["model"]]
+        elif t["baseline_accuracy"] is None and (t["model"], t["seed"]) in base:
+            t["baseline_accuracy"] = base[(t["model"], t["seed"])]
         if t["accuracy_drop"] is None and t["accuracy"] is not None and t["baseline_accuracy"] is not None:
             t["accuracy_drop"] = t["baseline_accuracy"] - t["accuracy"]
         out.append(t)

@@ -124,6 +124,10 @@ class TensorBatches:
     Augmentation runs on whole batches: a random 32x32 crop of the zero-padded image
     (padding 4) and a random horizontal flip, then normalisation and, if the model needs
     larger inputs, bilinear resizing.
+
+    Every random draw (each epoch's order, each batch's crops and flips) comes from
+    `generator`, so an epoch stopped after some batches continues exactly from the epoch's
+    order, the batch reached and the generator's state (`batches(order, start)`).
     """
 
     def __init__(self, data: ImageSet, *, batch_size: int, image_size: int = 32,
@@ -136,7 +140,7 @@ class TensorBatches:
         self.shuffle = shuffle
         self.augment = augment
         self.max_batches = max_batches
-        self._generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
         # (x / 255 - mean) / std as one multiply-add on the uint8 pixels
         std = torch.tensor(STD).view(1, 3, 1, 1)
         self._scale = 1 / (255 * std)
@@ -148,15 +152,24 @@ class TensorBatches:
         return min(n, self.max_batches) if self.max_batches else n
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches(self.epoch_order())
+
+    def epoch_order(self) -> torch.Tensor:
+        """The order in which an epoch visits the images: drawn afresh when shuffling."""
         n = len(self.data.labels)
-        order = torch.randperm(n, generator=self._generator) if self.shuffle else torch.arange(n)
-        for b in range(len(self)):
+        return torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+
+    def batches(self, order: torch.Tensor, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of an epoch in `order`, from batch `start` on. A batch's random draws
+        are taken when it is requested, so stopping after a batch leaves the generator where
+        the next batch begins."""
+        for b in range(start, len(self)):
             index = order[b * self.batch_size:(b + 1) * self.batch_size]
             yield self._transform(self.data.images[index]), self.data.labels[index]
 
     def _transform(self, images: torch.Tensor) -> torch.Tensor:
         if self.augment:  # on the uint8 pixels: a quarter of the bytes to move
-            images = _random_crop_flip(images, self._generator)
+            images = _random_crop_flip(images, self.generator)
         x = torch.addcmul(self._shift, images.float(), self._scale)
         if self.image_size != x.shape[-1]:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",

@@ -12,6 +12,10 @@ sweep's measurement stage, never beside training. Failures come back as results 
 error text, never as exceptions, so one bad trial never stops a sweep (only a dead worker
 raises, and the coordinator retries the trial).
 
+In an adaptive sweep a pruned trial may stop part-way through its fine-tune (`stop_at`)
+and send back a rung checkpoint, from which a later task, on any worker, continues it
+(`resume_from`) to exactly the weights of an uninterrupted run.
+
 Workers are reused across trials, so the data set and the imports are kept per process.
 """
 from __future__ import annotations
@@ -20,6 +24,7 @@ import copy
 import functools
 import io
 import json
+import math
 import os
 import socket
 import time
@@ -32,6 +37,7 @@ import torch
 
 from model_zoo import create_model
 from sweep_service.plugins import UNSTRUCTURED, get_plugin
+from sweep_service.provenance import library_versions
 from sweep_service.quiet import quiet_nni
 from sweep_service.spec import BASELINE, COMPLETED, FAILED, TrialSpec
 from sweep_service.worker import data as datasets
@@ -47,7 +53,7 @@ from sweep_service.worker.pruning import (
     run_plugin,
     select_layers,
 )
-from sweep_service.worker.training import evaluate, train
+from sweep_service.worker.training import FineTune, evaluate, with_precise_batch_norm
 from sweep_service.worker.variants import Variant, make_variants
 
 
@@ -59,6 +65,7 @@ class TrialOutput:
     artifact: bytes | None = None  # baseline: state_dict; pruned: the whole pruned module
     started_at: float = 0.0  # wall clock, for the coordinator's wait-time figure
     variants: list[Variant] = field(default_factory=list)  # the ONNX files to save, with their figures
+    rung_checkpoint: bytes | None = None  # a fine-tune stopped before its end: what continues it
 
 
 @dataclass
@@ -104,6 +111,10 @@ def prepare_process() -> float:
     return time.perf_counter() - start
 
 
+# Training images whose statistics a model stopped at a rung is evaluated with (precise
+# batch norm): a few thousand estimate each channel's mean and variance well.
+PRECISE_BN_IMAGES = 2048
+
 # (model name, image size) -> parameters and MACs of the unpruned model, whose architecture
 # is the name's (with a 10-class head) for every trial of the model.
 _UNPRUNED_FIGURES: dict[tuple[str, int], tuple[int, int]] = {}
@@ -129,22 +140,27 @@ Checkpoint = Union[bytes, Callable[[], bytes]]
 
 def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
               plugins_dir: str | None = None, compute: str = "fp32",
-              on_phase: Callable[[str], None] | None = None) -> TrialOutput:
+              on_phase: Callable[[str], None] | None = None, *, stop_at: float = 1.0,
+              resume_from: Checkpoint | None = None) -> TrialOutput:
     """Run one trial. `baseline_checkpoint`: the baseline's state_dict bytes, or a function
     that fetches them. `compute`: the number format and layout every trial of this model
     trains in (sweep_service.worker.compute). `on_phase` is told the name of each phase
-    (startup, data, build, prune, group, speedup, finetune, eval, measure) as the trial enters it."""
+    (startup, data, build, prune, group, speedup, finetune, eval, measure) as the trial enters it.
+    `stop_at`: the share of the fine-tune's steps to train before evaluating; short of the
+    end, the output carries a rung checkpoint. `resume_from`: such a checkpoint (or a
+    function that fetches it), to continue from instead of pruning."""
     started_at = time.time()
     phases = _Phases(on_enter=on_phase)
     phases.enter("startup")
     startup_start = time.perf_counter()
     result: dict[str, Any] = {"worker_host": socket.gethostname(), "worker_pid": os.getpid()}
-    artifact = model = None
+    artifact = rung_checkpoint = model = fine_tune_state = None
     variants: list[Variant] = []
     try:
         threads = _threads_for(spec)
         torch.set_num_threads(threads)
-        result.update(threads=threads, allocator=heap.allocator(), compute=compute)
+        result.update(threads=threads, allocator=heap.allocator(), compute=compute,
+                      worker_versions_json=json.dumps(library_versions(), sort_keys=True))
         prepare_process()
         phases.times["time_startup_s"] = time.perf_counter() - startup_start
         device = _device_for(spec)
@@ -162,19 +178,35 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
         test_batches = datasets.TensorBatches(test_set, batch_size=spec.eval_batch_size,
                                               image_size=spec.image_size)
 
-        model = phases.run("build", _build_start_model, spec, baseline_checkpoint)
-        params_before, macs_before = _unpruned_figures(model, spec)
-        result.update(params_before=params_before, macs_before=macs_before)
+        if resume_from is not None:
+            model, fine_tune_state, earlier = phases.run("build", _load_rung_checkpoint, resume_from)
+            result.update(earlier)
+        else:
+            model = phases.run("build", _build_start_model, spec, baseline_checkpoint)
+            params_before, macs_before = _unpruned_figures(model, spec)
+            result.update(params_before=params_before, macs_before=macs_before)
+        params_before, macs_before = result["params_before"], result["macs_before"]
 
-        if spec.kind != BASELINE:
+        if spec.kind != BASELINE and resume_from is None:
             result.update(_prune(spec, model, train_set, plugins_dir, phases))
             model.to(device)
             result["accuracy_pruned"] = phases.run("eval", evaluate, model, test_batches, device, chosen)
 
         model.to(device)
-        phases.run("finetune", train, model, train_batches, epochs=spec.epochs,
-                   optimizer_settings=spec.optimizer, device=device,
-                   steps_per_epoch=len(train_batches), compute=chosen)
+        fine_tune = FineTune(model, train_batches, epochs=spec.epochs, optimizer_settings=spec.optimizer,
+                             device=device, compute=chosen)
+        if fine_tune_state is not None:
+            fine_tune.load_state_dict(fine_tune_state)
+        phases.run("finetune", fine_tune.run, fine_tune.steps_for(stop_at))
+        if fine_tune.step < fine_tune.total_steps:  # taken before evaluating draws random numbers
+            rung_checkpoint = phases.run("finetune", _rung_checkpoint, model, fine_tune,
+                                         {k: result[k] for k in CARRIED_FIGURES if k in result})
+            # Judged, and shipped if it stops here, as its weights stand (the checkpoint keeps
+            # the model as it trains on).
+            calibration = datasets.TensorBatches(train_set, batch_size=spec.batch_size, image_size=spec.image_size,
+                                                 max_batches=math.ceil(PRECISE_BN_IMAGES / spec.batch_size))
+            model = phases.run("eval", with_precise_batch_norm, model, calibration, device, chosen)
+        result["budget"] = fine_tune.budget
         if result.get("structure") == UNSTRUCTURED:
             unstructured.make_permanent(model)
         accuracy = phases.run("eval", evaluate, model, test_batches, device, chosen)
@@ -209,7 +241,8 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
     heap.release()
     result["worker_rss_mb"] = psutil.Process().memory_info().rss / 2**20
     result["worker_shared_mb"] = _object_store_pages_mb()
-    return TrialOutput(result=result, artifact=artifact, started_at=started_at, variants=variants)
+    return TrialOutput(result=result, artifact=artifact, started_at=started_at, variants=variants,
+                       rung_checkpoint=rung_checkpoint)
 
 
 def _prune(spec: TrialSpec, model: torch.nn.Module, train_set: datasets.ImageSet, plugins_dir: str | None,
@@ -242,17 +275,19 @@ def _prune(spec: TrialSpec, model: torch.nn.Module, train_set: datasets.ImageSet
 
 
 def run_on_worker(spec: TrialSpec, checkpoint: list, plugins_folder: str, compute: str,
-                  phases=None) -> TrialOutput:
+                  phases=None, stop_at: float = 1.0, resume_from: tuple = ()) -> TrialOutput:
     """The Ray task the coordinator dispatches. `checkpoint` holds the baseline's ObjectRef,
-    if any: inside a list, Ray hands over the reference instead of the bytes, so the trial
-    fetches them when it builds its model and drops them once loaded, rather than holding a
-    copy to its end. `phases`: the coordinator's TrialPhases actor
-    (sweep_service.worker.progress), told each phase the trial enters."""
+    if any, and `resume_from` a rung checkpoint's: inside a list or tuple, Ray hands over the
+    reference instead of the bytes, so the trial fetches them when it builds its model and
+    drops them once loaded, rather than holding a copy to its end. `phases`: the
+    coordinator's TrialPhases actor (sweep_service.worker.progress), told each phase the
+    trial enters."""
     import ray
 
     fetch = (lambda: ray.get(checkpoint[0])) if checkpoint else None
+    resume = (lambda: ray.get(resume_from[0])) if resume_from else None
     on_phase = (lambda phase: phases.enter.remote(spec.key, phase)) if phases is not None else None
-    return run_trial(spec, fetch, plugins_folder, compute, on_phase)
+    return run_trial(spec, fetch, plugins_folder, compute, on_phase, stop_at=stop_at, resume_from=resume)
 
 
 def measure_formats(spec: TrialSpec) -> dict[str, float]:
@@ -334,6 +369,28 @@ def _build_start_model(spec: TrialSpec, baseline_checkpoint: Checkpoint | None) 
     if unset:
         raise ValueError(f"the baseline checkpoint of {spec.model} does not set {unset}")
     return model
+
+
+# What a trial measured before its fine-tune, which a trial continued from a rung checkpoint
+# cannot measure again (its model is pruned and partly trained) and so reads from it.
+CARRIED_FIGURES = ("params_before", "macs_before", "structure", "speedup_max_abs_diff", "channel_sparsity",
+                   "pruned_channels_json", "accuracy_pruned")
+
+
+def _rung_checkpoint(model: torch.nn.Module, fine_tune: FineTune, figures: dict[str, Any]) -> bytes:
+    """What continues a stopped fine-tune: the pruned module itself (its architecture is the
+    pruning's), the fine-tune's state, and the figures taken before the fine-tune."""
+    buffer = io.BytesIO()
+    torch.save({"model": model, "fine_tune": fine_tune.state_dict(), "figures": figures}, buffer)
+    return buffer.getvalue()
+
+
+def _load_rung_checkpoint(checkpoint: Checkpoint) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+    saved = checkpoint() if callable(checkpoint) else checkpoint
+    # A whole module is a pickle (weights_only cannot read it); this one was written by a
+    # worker of this sweep and kept by its coordinator.
+    state = torch.load(io.BytesIO(saved), map_location="cpu", weights_only=False)
+    return state["model"], state["fine_tune"], state["figures"]
 
 
 def _artifact(model: torch.nn.Module, spec: TrialSpec) -> bytes:
