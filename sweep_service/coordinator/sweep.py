@@ -223,7 +223,7 @@ class Dispatcher:
         self.models_dir = config.output_dir / "models"
 
     def run(self) -> None:
-        last_report = time.time()
+        last_report, drawn_after = time.time(), 0  # when the report was drawn, and after how many results
         waiting_since = None
         cpus, gpus = self.config.resources.cpus, self.config.resources.gpus
         while not self.scheduler.finished:
@@ -245,13 +245,14 @@ class Dispatcher:
             if not self.in_flight:
                 raise SweepAborted("no trial can start: the scheduler is waiting for nothing that runs "
                                    "(this is a bug; run the sweep again to resume)")
+            # Redrawn once the free slots have their next trials, so that no slot waits for it.
+            if self.ran > drawn_after and time.time() - last_report > REPORT_INTERVAL_S:
+                self.report.draw()
+                last_report, drawn_after = time.time(), self.ran
             done, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=POLL_S)
             for ref in done:
                 with stopping.deferred():  # a result that came back is recorded whole
                     self.collect(ref)
-                if time.time() - last_report > REPORT_INTERVAL_S:
-                    self.report.draw()
-                    last_report = time.time()
 
     def wait_for_nodes(self, nodes: list[dict], since: float | None) -> float:
         """No node can hold a trial now: say which trials wait for what, and give up after
