@@ -113,9 +113,10 @@ def seed_sweep(db_path: str | Path, *, models: Iterable[str] = REFERENCE_MODELS,
     with a fresh heartbeat, as its coordinator would hold it.
 
     `adaptive`: the sweep is configured `search: adaptive` with these settings; the trials
-    (model, pruner, rate) or (model, pruner, rate, seed) in `stopped` are recorded as the search records a trial stopped at
-    its first rung (a rung result at that budget, then the stop decision, accuracy lower
-    by the fine-tune it missed), those in `skipped` as skipped (not run).
+    (model, pruner, rate) or (model, pruner, rate, seed) in `stopped` are recorded as the
+    search records a trial stopped at its first rung (a rung result at that budget, then the
+    stop decision, accuracy lower by the fine-tune it missed), those in `skipped` as skipped
+    (not run).
     """
     db_path = Path(db_path)
     config = parse_config({

@@ -576,8 +576,8 @@ def _digest(results: SweepResults, *parts: Any) -> str:
 def _figures_of(results: SweepResults, model: str | None = None) -> list:
     """What the charts show of the trials: the figures of the completed ones; for one
     model's chart also the status of the others (it marks failed and unfinished ones)."""
-    cols = ("model", "pruner", "rate", "kind", "status", "seed", "budget", "accuracy", "accuracy_pruned", "channel_sparsity",
-            "param_reduction", "params_after", "macs_after", "latency_ms")
+    cols = ("model", "pruner", "rate", "kind", "status", "seed", "budget", "accuracy", "accuracy_pruned",
+            "channel_sparsity", "param_reduction", "params_after", "macs_after", "latency_ms")
     return [[t.get(c) if t["status"] == "completed" or i < 7 else None for i, c in enumerate(cols)]
             for t in results.trials
             if (model is None and t["status"] == "completed") or t["model"] == model]
