@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from sweep_service.coordinator.config import parse_config
 from sweep_service.coordinator.grid import expand
-from sweep_service.coordinator.store import ResultStore, utcnow
+from sweep_service.coordinator.store import RUNG_STOP, ResultStore, utcnow
 from sweep_service.spec import BASELINE, COMPLETED, FAILED
 
 REFERENCE_MODELS = ("resnet50", "vgg16", "mobilenet_v2", "densenet121", "efficientnet_b0",
@@ -100,7 +100,9 @@ def seed_sweep(db_path: str | Path, *, models: Iterable[str] = REFERENCE_MODELS,
                constraints: dict[str, Any] | None = None, status: str = "finished",
                dataset: str = "synthetic", name: str = "reference", output_dir: str | Path | None = None,
                links: bool = True, running: int = 0, seeds: Iterable[int] = (0,),
-               pruned_figures: bool = True) -> str:
+               pruned_figures: bool = True, adaptive: dict[str, Any] | None = None,
+               stopped: dict[tuple, float] | None = None,
+               skipped: Iterable[tuple[str, str, float]] = ()) -> str:
     """Record a sweep of `models` x `pruners` x `rates` x `seeds`; returns its sweep id.
 
     `failed` trials are recorded as failures; with `done`, only the first `done` trials
@@ -109,6 +111,12 @@ def seed_sweep(db_path: str | Path, *, models: Iterable[str] = REFERENCE_MODELS,
     `links` false, pruned rows lack baseline_accuracy/accuracy_drop (as before the
     coordinator links them). `pruned_figures`: see figures(). A running sweep's lock is held,
     with a fresh heartbeat, as its coordinator would hold it.
+
+    `adaptive`: the sweep is configured `search: adaptive` with these settings; the trials
+    (model, pruner, rate) or (model, pruner, rate, seed) in `stopped` are recorded as the
+    search records a trial stopped at its first rung (a rung result at that budget, then the
+    stop decision, accuracy lower by the fine-tune it missed), those in `skipped` as skipped
+    (not run).
     """
     db_path = Path(db_path)
     config = parse_config({
@@ -116,6 +124,7 @@ def seed_sweep(db_path: str | Path, *, models: Iterable[str] = REFERENCE_MODELS,
         "dataset": dataset, "weights": "imagenet", "image_size": 64,
         "database": str(db_path), "output_dir": str(output_dir or db_path.parent / "out"),
         "constraints": constraints,
+        **({"search": "adaptive", "adaptive": adaptive} if adaptive is not None else {}),
         **({"seeds": list(seeds)} if list(seeds) != [0] else {}),
     })
     specs = list(expand(config))
@@ -130,6 +139,8 @@ def seed_sweep(db_path: str | Path, *, models: Iterable[str] = REFERENCE_MODELS,
                                   "data_bytes": 31_000_000} if pruned_figures else None)
     store.add_trials(sweep_id, specs)
     failed = {(m, p, round(r, 6)) for m, p, r in failed}
+    stopped = {(m, p, round(r, 6), *seed): budget for (m, p, r, *seed), budget in (stopped or {}).items()}
+    skipped = {(m, p, round(r, 6)) for m, p, r in skipped}
     baselines: dict[tuple[str, int], float] = {}
     for spec in specs[:done]:
         if (spec.model, spec.pruner, round(spec.rate, 6)) in failed:
@@ -139,7 +150,23 @@ def seed_sweep(db_path: str | Path, *, models: Iterable[str] = REFERENCE_MODELS,
                 "error": "speedup failed: RuntimeError: shape mismatch in torch.cat: "
                          "[1, 64, 8, 8] vs [1, 61, 8, 8]\n  File \"nni/compression/speedup.py\", line 212"})
             continue
+        where = (spec.model, spec.pruner, round(spec.rate, 6))
+        if where in skipped:
+            store.skip(sweep_id, spec.key, f"line stopped: {spec.model} {spec.pruner} fell below the floor "
+                                           "at a lower rate")
+            continue
         result = figures(spec.model, spec.pruner, spec.rate, spec.seed, pruned_figures=pruned_figures)
+        if adaptive is not None:  # as workers report it: the share of the fine-tune trained
+            result["budget"] = 1.0
+        if where in stopped or (*where, spec.seed) in stopped:
+            budget = stopped.get(where, stopped.get((*where, spec.seed)))
+            result.update(budget=budget, accuracy=result["accuracy"] - 0.1 * (1 - budget))
+            store.mark_running(sweep_id, spec.key)
+            store.record_rung(sweep_id, spec.key, 1, result, str(db_path.parent / f"{spec.key}.pt"), add_times=False)
+            store.decide_rung(sweep_id, spec.key, budget, RUNG_STOP,
+                              f"below the front after {budget:.0%} of the fine-tune: another trial costs no more "
+                              "and is more accurate")
+            continue
         if spec.kind == BASELINE:
             baselines[(spec.model, spec.seed)] = result["accuracy"]
         if links and (spec.model, spec.seed) in baselines:

@@ -9,7 +9,9 @@ Every chart names the data set and the weights, draws each model with the same c
 and marker everywhere, keeps its legend outside the plot, labels its axes with units,
 and leaves out failed trials. A point is a configuration (model, pruner, rate): the mean
 over its seeds, with its 95 % interval as a band or an error bar where two seeds or more
-ran (sweep_service.report.stats). Past MANY_RATES rates, bars give way to lines and the
+ran (sweep_service.report.stats). A trial an adaptive search stopped early is drawn on its
+own as a hollow marker (its short fine-tune is not comparable with a full one, so it joins
+no line, bar, mean or front); a skipped trial is not drawn. Past MANY_RATES rates, bars give way to lines and the
 rate axis keeps a few round ticks, so that a fine grid stays readable and quick to draw.
 """
 from __future__ import annotations
@@ -45,7 +47,7 @@ from sweep_service.spec import BASELINE, PRUNED
 
 log = logging.getLogger(__name__)
 
-CHART_VERSION = 5  # bump to redraw every chart after a change of style
+CHART_VERSION = 6  # bump to redraw every chart after a change of style
 MANIFEST = ".charts.json"
 DPI = 100
 MODEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -58,6 +60,8 @@ FRONT_LABELS = 40  # at most this many Pareto-front points are named on a chart
 RATE_LABEL = "requested pruning rate (%)"  # the captions say: of each selected layer's filters
 SPARSITY_LABEL = "achieved channel sparsity (%)"  # the caption says: filters removed ÷ filters of the selected layers
 BAND_ALPHA = 0.18
+SHORT_LABEL = "short fine-tune (stopped early)"
+SHORT_GID = "short-budget"  # names the hollow markers of short-budget results in a figure
 # Sizes for charts shown at about 0.6-0.8 of their pixel size on a laptop screen.
 STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11.5, "xtick.labelsize": 10.5,
          "ytick.labelsize": 10.5, "legend.fontsize": 11}
@@ -96,6 +100,24 @@ def _subtitle(results: SweepResults, *, short: bool = False) -> str:
     if short:
         return f"data: {results.dataset_label}\nweights: {w}{partial}"
     return f"data: {results.dataset_label}  ·  weights: {w}  ·  sweep {results.sweep_id}{partial}"
+
+
+def _short(results: SweepResults, metric: str, **where: Any) -> list[dict[str, Any]]:
+    """The short-budget results (stopped early) matching `where` that have `metric`."""
+    return [t for t in results.stopped_early
+            if t.get(metric) is not None and all(t.get(k) == v for k, v in where.items())]
+
+
+def _draw_short(ax, xs: list[float], ys: list[float], colour: str, marker: str = "o", size: float = 40) -> None:
+    """Short-budget results as hollow markers, joined to nothing."""
+    if xs:
+        ax.scatter(xs, ys, marker=marker, s=size, facecolors="none", edgecolors=colour, linewidths=1.3,
+                   alpha=0.9, zorder=3, gid=SHORT_GID)
+
+
+def _short_handle() -> Line2D:
+    return Line2D([], [], marker="o", linestyle="none", markerfacecolor="none", markeredgecolor="#555",
+                  markersize=7, label=SHORT_LABEL)
 
 
 def _pct_axis(axis) -> None:
@@ -197,9 +219,15 @@ def _vs_rate(results: SweepResults, metric: str, title: str, ylabel: str, *, dia
     for ax, pruner in zip(axes, pruners):
         for model in results.models:
             points = results.curve(model, pruner, metric, baseline_metric=baseline_metric)
+            style = model_style(results, model)
             if points:
                 plotted.add(model)
-                _line_with_band(ax, points, markers=markers, **model_style(results, model))
+                _line_with_band(ax, points, markers=markers, **style)
+            short = _short(results, metric, model=model, pruner=pruner)
+            if short:
+                plotted.add(model)
+                _draw_short(ax, [t["rate"] for t in short], [t[metric] for t in short], style["color"],
+                            style["marker"])
         if diagonal:
             ax.plot([0, 1], [0, 1], color="#999", linestyle=":", linewidth=1)
         elif values and min(values) < 0.3:  # chance level is worth seeing only near it
@@ -218,6 +246,8 @@ def _vs_rate(results: SweepResults, metric: str, title: str, ylabel: str, *, dia
         axes[0].set_ylim(max(0.0, low - 0.05) if low > 0.3 else 0.0, min(1.0, max(values, default=1.0) + 0.03))
     _header(fig, title, f"{_subtitle(results)}\n{_spread_note(results)}")
     handles = _model_legend(results, [m for m in results.models if m in plotted])
+    if _short(results, metric):
+        handles.append(_short_handle())
     if diagonal:
         handles.append(Line2D([], [], color="#999", linestyle=":", label="reduction = rate"))
     _legend_right(fig, handles, "model")
@@ -264,6 +294,12 @@ def accuracy_vs_sparsity(results: SweepResults) -> Figure:
                 sparsity, accuracy = config.estimate("channel_sparsity"), config.estimate("accuracy")
                 if sparsity is not None and accuracy is not None:
                     points.append((sparsity, accuracy))
+            short = _short(results, "channel_sparsity", model=model, pruner=pruner)
+            short = [t for t in short if t.get("accuracy") is not None]
+            if short:
+                plotted.add(model)
+                _draw_short(ax, [t["channel_sparsity"] for t in short], [t["accuracy"] for t in short],
+                            style["color"], style["marker"])
             if len(points) < 2:
                 continue
             plotted.add(model)
@@ -288,7 +324,10 @@ def accuracy_vs_sparsity(results: SweepResults) -> Figure:
     axes[0].set_ylim(max(0.0, low - 0.05) if low > 0.3 else 0.0, min(1.0, max(values, default=1.0) + 0.03))
     _header(fig, "Top-1 accuracy vs achieved channel sparsity",
             f"{_subtitle(results)}\n{_spread_note(results, 'error bars')}")
-    _legend_right(fig, _model_legend(results, [m for m in results.models if m in plotted]), "model")
+    handles = _model_legend(results, [m for m in results.models if m in plotted])
+    if any(t.get("accuracy") is not None for t in _short(results, "channel_sparsity")):
+        handles.append(_short_handle())
+    _legend_right(fig, handles, "model")
     return fig
 
 
@@ -333,6 +372,8 @@ def model_chart(results: SweepResults, model: str) -> Figure:
         lines.append(f"{params.mean / 1e6:.2f} M parameters unpruned")
     handles: list = [Patch(color=PRUNER_COLOURS[j % len(PRUNER_COLOURS)], label=p) for j, p in enumerate(pruners)]
     handles.append(Line2D([], [], color="black", linestyle="--", label="unpruned baseline"))
+    if _short(results, "accuracy", model=model):
+        handles.append(_short_handle())
     if before:
         handles.append(Line2D([], [], color="#333", marker="v", linestyle="none" if len(rates) <= MANY_RATES else ":",
                               markerfacecolor="white", label="after pruning, before fine-tuning"))
@@ -369,6 +410,11 @@ def _model_bars(results: SweepResults, model: str, top, bottom) -> None:
                 ax.errorbar([x for x, _ in measured], [e.mean for _, e in measured],
                             yerr=[e.half_width for _, e in measured], fmt="none", ecolor="#222",
                             elinewidth=1, capsize=2.5, zorder=5)
+    for j, pruner in enumerate(pruners):
+        short = [t for t in _short(results, "accuracy", model=model, pruner=pruner) if t["rate"] in rates]
+        offset = (j - (len(pruners) - 1) / 2) * width
+        _draw_short(top, [rates.index(t["rate"]) + offset for t in short], [t["accuracy"] for t in short],
+                    PRUNER_COLOURS[j % len(PRUNER_COLOURS)])
     # A gap in the bars says why: the trial failed (see the report's table) or is not done.
     status: dict[tuple[str, float], str] = {}
     for t in results.trials:
@@ -393,6 +439,8 @@ def _model_lines(results: SweepResults, model: str, top, bottom) -> None:
             points = [p for p in results.curve(model, pruner, metric) if p[0] > 0]
             if points:
                 _line_with_band(ax, points, markers=False, color=colour, linestyle=":" if dots else "-")
+        short = _short(results, "accuracy", model=model, pruner=pruner)
+        _draw_short(top, [t["rate"] for t in short], [t["accuracy"] for t in short], colour, size=24)
         failed = sorted({t["rate"] for t in results.failed if t["model"] == model and t["pruner"] == pruner})
         if failed:
             top.scatter(failed, [0.03] * len(failed), marker="x", color="#c62828", s=20,
@@ -417,6 +465,9 @@ def tradeoff_chart(results: SweepResults, cost: str) -> Figure:
     ax = fig.subplots()
     for model in results.models:
         style = model_style(results, model)
+        short = [t for t in _short(results, cost, model=model) if t.get("accuracy") is not None]
+        _draw_short(ax, [t[cost] / scale for t in short], [t["accuracy"] for t in short], style["color"],
+                    style["marker"])
         for kind, filled in ((PRUNED, True), (BASELINE, False)):
             mine = [t for t in points if t["model"] == model and t["kind"] == kind]
             if mine:
@@ -436,7 +487,7 @@ def tradeoff_chart(results: SweepResults, cost: str) -> Figure:
         ys = [t["accuracy"] for t in front]
         ax.step(xs, ys, where="post", color="black", linewidth=1.3, zorder=2)
         ax.scatter(xs, ys, s=170, facecolors="none", edgecolors="black", linewidths=1.4, zorder=4)
-    values = [t[cost] for t in points]
+    values = [t[cost] for t in points] + [t[cost] for t in _short(results, cost)]
     if cost != "latency_ms" or max(values, default=1) / max(min(values, default=1), 1e-9) > 20:
         ax.set_xscale("log")
         # Plain numbers (matplotlib's default log labels are mathtext, slow to typeset).
@@ -455,7 +506,8 @@ def tradeoff_chart(results: SweepResults, cost: str) -> Figure:
     on_front = {t["key"] for t in front}
     _label_front(fig, ax, [((t[cost] / scale, t["accuracy"]), trial_label(t)) for t in front],
                  [(t[cost] / scale, t["accuracy"]) for t in points if t["key"] not in on_front])
-    handles = _model_legend(results, [m for m in results.models if any(t["model"] == m for t in points)])
+    drawn = points + _short(results, cost)
+    handles = _model_legend(results, [m for m in results.models if any(t["model"] == m for t in drawn)])
     for h in handles:
         h.set_linestyle("none")
     handles += [
@@ -464,6 +516,8 @@ def tradeoff_chart(results: SweepResults, cost: str) -> Figure:
         Line2D([], [], marker="o", color="black", markerfacecolor="none", markersize=13,
                linewidth=1.3, label="Pareto front"),
     ]
+    if _short(results, cost):
+        handles.append(_short_handle())
     _legend_right(fig, handles, "model")
     return fig
 
@@ -522,9 +576,9 @@ def _digest(results: SweepResults, *parts: Any) -> str:
 def _figures_of(results: SweepResults, model: str | None = None) -> list:
     """What the charts show of the trials: the figures of the completed ones; for one
     model's chart also the status of the others (it marks failed and unfinished ones)."""
-    cols = ("model", "pruner", "rate", "kind", "status", "seed", "accuracy", "accuracy_pruned", "channel_sparsity",
-            "param_reduction", "params_after", "macs_after", "latency_ms")
-    return [[t.get(c) if t["status"] == "completed" or i < 6 else None for i, c in enumerate(cols)]
+    cols = ("model", "pruner", "rate", "kind", "status", "seed", "budget", "accuracy", "accuracy_pruned",
+            "channel_sparsity", "param_reduction", "params_after", "macs_after", "latency_ms")
+    return [[t.get(c) if t["status"] == "completed" or i < 7 else None for i, c in enumerate(cols)]
             for t in results.trials
             if (model is None and t["status"] == "completed") or t["model"] == model]
 
@@ -537,6 +591,9 @@ def plan_charts(results: SweepResults) -> list[tuple[Chart, Callable[[], Figure]
     dataset = results.dataset_label
     spread = ("Lines are means over the seeds, shaded bands their 95 % intervals." if results.spread_measured
               else f"{results.no_spread_reason().capitalize()}.")
+    if results.stopped_early:
+        spread += (" Hollow markers joined to nothing: trials the adaptive search stopped early, after a short "
+                   "fine-tune not comparable with a full one; skipped trials are not drawn.")
     plan: list[tuple[Chart, Callable[[], Figure]]] = [
         (Chart("accuracy_vs_rate.png", "rate", "Accuracy vs requested pruning rate",
                f"Top-1 accuracy on {dataset} after pruning and fine-tuning, a line per model and a "
@@ -573,11 +630,13 @@ def plan_charts(results: SweepResults) -> list[tuple[Chart, Callable[[], Figure]
             name = COST_NAMES[cost]
             plan.append((
                 Chart(f"accuracy_vs_{_safe(name.lower())}.png", "tradeoff", f"Accuracy vs {name}",
-                      f"Every completed configuration (model, pruner, rate) at its mean; hollow "
+                      f"Every completed configuration (model, pruner, rate) at its mean; large hollow "
                       f"markers are unpruned baselines. The black step line and rings mark the "
                       f"Pareto front of the means: no other configuration is both more accurate "
                       f"and cheaper in {name}."
-                      + (" Error bars: 95 % intervals over the seeds." if results.spread_measured else ""),
+                      + (" Error bars: 95 % intervals over the seeds." if results.spread_measured else "")
+                      + (" Small hollow markers: trials stopped early (a short fine-tune, not comparable "
+                         "with full ones, so not on the front)." if results.stopped_early else ""),
                       _digest(results, cost, everything)),
                 lambda cost=cost: tradeoff_chart(results, cost)))
     if results.pruners:
@@ -589,8 +648,11 @@ def plan_charts(results: SweepResults) -> list[tuple[Chart, Callable[[], Figure]
                           f"{model}: accuracy (top) and parameters removed (bottom) per pruner at "
                           "each requested rate; the dashed line is the unpruned baseline"
                           + ("; triangles: accuracy right after pruning, before fine-tuning"
-                             if any(row[7] is not None for row in mine) else "")
-                          + ("; error bars: 95 % intervals over the seeds." if results.spread_measured else "."),
+                             if any(row[8] is not None for row in mine) else "")
+                          + ("; error bars: 95 % intervals over the seeds" if results.spread_measured else "")
+                          + ("; hollow circles: trials stopped early (a short fine-tune)"
+                             if any(row[3] == PRUNED and row[4] == "completed" and (row[6] or 1.0) < 1.0
+                                    for row in mine) else "") + ".",
                           _digest(results, "model", model, mine), model=model),
                     lambda model=model: model_chart(results, model)))
     return plan

@@ -3,7 +3,9 @@
 CSV: one row per trial, every column of the `trials` table (the spec as JSON text in
 `spec_json`), fractions as fractions, times in ISO 8601 UTC; or with `summary`, one row
 per configuration (model, pruner, rate): how many seeds, and each figure's mean with the
-bounds of its 95 % interval (empty with one seed: no spread measured). A text cell that a
+bounds of its 95 % interval (empty with one seed: no spread measured), over the trials that
+fine-tuned in full (an adaptive sweep's short-budget results are trial rows only, with their
+`budget`, `rung` and `stop_reason`). A text cell that a
 spreadsheet would run as a formula (it starts with =, +, -, @, a tab or a carriage return:
 an error text can hold `=HYPERLINK(...)`) is written with a leading apostrophe, which
 spreadsheets show as text; numbers are written as they are. JSON: an object with the sweep

@@ -13,6 +13,13 @@ def pct(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value * 100:.{digits}f}%"
 
 
+def budget(value: float | None) -> str:
+    """The share of its fine-tune a trial trained: 'full', or e.g. '25 %'."""
+    if value is None or value >= 1.0:
+        return "full"
+    return f"{value * 100:.3g} %"
+
+
 def pct_tick(value: float) -> str:
     """An axis tick of a fraction, with the decimals it needs: 0.925 -> '92.5%', 0.9 -> '90%'."""
     return f"{round(value * 100, 4) + 0.0:g}%"  # + 0.0: no "-0%"

@@ -23,10 +23,10 @@ from sweep_service.report import fmt
 from sweep_service.report.charts import Chart, render_charts
 from sweep_service.report.export import export_text
 from sweep_service.report.recommend import Limits, accuracy_text, recommend
-from sweep_service.report.results import SweepResults, load_results, trial_label
+from sweep_service.report.results import SweepResults, is_full_budget, load_results, trial_label
 from sweep_service.report.stats import CONFIDENCE, Estimate
 from sweep_service.report.status import STATUS_FILE
-from sweep_service.spec import BASELINE, PENDING, RUNNING
+from sweep_service.spec import BASELINE, COMPLETED, PENDING, RUNNING
 
 # While the sweep runs, the page reads status.json (sweep_service.report.status)
 # this often, reloads itself when a newer report was written, and stops, saying so, when
@@ -80,6 +80,9 @@ COLUMNS = (
     Column("tries", "attempts", lambda v: "-" if v is None else str(v), "attempts", True, per_trial=True),
     Column("key", "key", str, "trial key (hash of its spec)", True, per_trial=True),
 )
+BUDGET_COLUMN = Column("fine-tuned", "budget", fmt.budget,
+                       "share of its fine-tune the trial trained: an adaptive sweep stops trials that cannot "
+                       "reach the Pareto front early; their accuracy is not comparable with a full fine-tune's")
 SEED_COLUMN = Column("seed", "seed", str, "the trial's seed (its baseline has the same)")
 SEEDS_COLUMN = Column("seeds", "n", str, "how many seeds the figures are the mean of")
 
@@ -128,7 +131,8 @@ def _table(trials: list[dict[str, Any]], extra: Column | None = None, *, summary
             else:
                 text = c.show(value)
             cells.append(_cell(value, text, c.minor))
-        rows.append(dict(cells=cells, key=t["key"], status=t["status"], kind=t["kind"]))
+        short = t.get("status") == COMPLETED and not is_full_budget(t)
+        rows.append(dict(cells=cells, key=t["key"], status=t["status"], kind=t["kind"] + (" short" if short else "")))
     return dict(columns=columns, rows=rows)
 
 
@@ -188,6 +192,46 @@ def _budget_text(results: SweepResults) -> str:
             f"prunes its baseline and fine-tunes {epochs(tune)} more, {epochs(base + tune)} in all. A pruned "
             "model that ends up more accurate than its baseline (a negative drop) gained more from its "
             "extra training than pruning cost it.")
+
+
+def _search_text(results: SweepResults) -> str:
+    """What an adaptive search left out, and how the report treats its short-budget results."""
+    settings = results.adaptive
+    if settings is None:
+        return ""
+    floors = []
+    if settings.get("min_accuracy") is not None:
+        floors.append(f"min_accuracy {fmt.pct(settings['min_accuracy'])}")
+    if settings.get("max_drop") is not None:
+        floors.append(f"max_drop {settings['max_drop'] * 100:.3g} points from the baseline")
+    floor = " and ".join(floors) if floors else "chance level (no floor set)"
+    rungs = settings.get("rungs", [0.25])
+    rung_text = ("rungs at " + ", ".join(fmt.budget(r) for r in rungs) + " of each fine-tune") if rungs \
+        else "no rungs"
+    front = {"params": "parameters", "macs": "MACs"}.get(settings.get("front", "params"), settings.get("front"))
+    skipped, stopped = len(results.skipped), len(results.stopped_early)
+    return (f"Adaptive search: lines stop at the floor ({floor}); {rung_text}, against the front of accuracy vs "
+            f"{front}{'; the knee refined' if settings.get('refine') else ''}. {skipped} trial"
+            f"{'' if skipped == 1 else 's'} skipped (its line fell below the floor) and {stopped} stopped early "
+            "(below the front after a short fine-tune): see Skipped and stopped early. A short fine-tune's accuracy "
+            "is not comparable with a full one's, so those results are drawn hollow in the charts and left out of "
+            "the means, the Pareto set, the best per model and the recommendation; skipped trials are not drawn.")
+
+
+def _search_rows(results: SweepResults) -> list[dict[str, Any]]:
+    """The trials an adaptive search skipped or stopped early, with what they had and why."""
+    out = []
+    for t in _in_grid_order(results, results.skipped + results.stopped_early):
+        if t["status"] == COMPLETED:
+            outcome = f"stopped at {fmt.budget(t.get('budget'))} of its fine-tune"
+            rung = f" (rung {t['rung']})" if t.get("rung") else ""
+            outcome += rung
+        else:
+            outcome = "skipped: not run"
+        out.append(dict(model=t["model"], pruner=t["pruner"], rate=t["rate"], seed=t.get("seed"),
+                        status=t["status"], outcome=outcome, budget=t.get("budget") or 0.0,
+                        accuracy=t.get("accuracy"), reason=t.get("stop_reason") or "no reason recorded"))
+    return out
 
 
 def _in_grid_order(results: SweepResults, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -253,7 +297,10 @@ def render_page(results: SweepResults, charts: list[Chart], out_dir: Path) -> st
                       Column("front", "front", str, "the costs for which no other configuration is "
                                                     "both more accurate and cheaper (by the means)"),
                       summary=True, seeds=several),
-        completed=_table(_in_grid_order(results, results.completed), seeds=len(results.seeds) > 1),
+        completed=_table(_in_grid_order(results, results.completed), BUDGET_COLUMN if results.stopped_early else None,
+                         seeds=len(results.seeds) > 1),
+        search_text=_search_text(results),
+        search_rows=_search_rows(results),
         pairwise=_pairwise(results),
         spread_text=_spread_text(results),
         budget_text=_budget_text(results),

@@ -3,7 +3,10 @@
 Limits come from the command line or from the sweep config's `constraints`. Every
 completed configuration (model, pruner, rate) is a candidate, by its mean over its seeds,
 unpruned baselines included (the right answer may be not to prune); with one seed a
-configuration is one trial. When nothing fits, the answer says which limit excluded most,
+configuration is one trial. Trials an adaptive search stopped early are not candidates: a
+short fine-tune's accuracy is not comparable with a full one's (a trial stopped because it
+was below the front would only be chosen by a limit that excludes the trials above it,
+which trained longer). When nothing fits, the answer says which limit excluded most,
 which limit alone stands in the way, and which came closest.
 """
 from __future__ import annotations
@@ -159,6 +162,9 @@ class Recommendation:
         if not r.completed:
             out.append("no completed trial yet: nothing to recommend")
             return out
+        if r.stopped_early:
+            out.append(f"note: {len(r.stopped_early)} trials the adaptive search stopped early are not candidates: "
+                       "a short fine-tune's accuracy is not comparable with a full one's")
         if r.spread_measured:
             out.append(f"figures: mean ± half-width of the {CONFIDENCE:.0%} interval over each configuration's seeds")
         else:

@@ -7,6 +7,12 @@ A trial is one (model, pruner, rate, seed); a configuration is one (model, prune
 over its seeds (sweep_service.report.stats): what the charts, the Pareto front and
 `recommend` compare is configurations, by their mean, with a 95 % interval where two
 seeds or more were run.
+
+An adaptive search (docs/search.md) leaves some trials `skipped` and stops others after a
+share of their fine-tune: those keep a short-budget result (`budget` < 1). A short
+fine-tune's accuracy is not comparable with a full one's, so configurations, and with them
+means, intervals, Pareto fronts and `recommend`, hold full-budget trials only; the short
+ones are `SweepResults.stopped_early`, which the tables list and the charts draw apart.
 """
 from __future__ import annotations
 
@@ -167,6 +173,28 @@ class SweepResults:
         return self.with_status(COMPLETED)
 
     @cached_property
+    def full_budget(self) -> list[dict[str, Any]]:
+        """Completed trials that trained their whole fine-tune (all of a grid sweep's)."""
+        return [t for t in self.completed if is_full_budget(t)]
+
+    @cached_property
+    def stopped_early(self) -> list[dict[str, Any]]:
+        """Completed trials an adaptive search stopped at a rung: a short-budget result."""
+        return [t for t in self.completed if not is_full_budget(t)]
+
+    @cached_property
+    def skipped(self) -> list[dict[str, Any]]:
+        """Trials an adaptive search did not run (their line fell below the floor)."""
+        return self.with_status(SKIPPED)
+
+    @property
+    def adaptive(self) -> dict[str, Any] | None:
+        """The adaptive search's settings, if the sweep was configured with one."""
+        if self.config.get("search") != "adaptive":
+            return None
+        return self.config.get("adaptive") or {}
+
+    @cached_property
     def failed(self) -> list[dict[str, Any]]:
         return self.with_status(FAILED)
 
@@ -198,10 +226,12 @@ class SweepResults:
 
     @cached_property
     def configurations(self) -> dict[tuple[str, str, float], Configuration]:
-        """Completed trials grouped by (model, pruner, rate), baselines as (model, "none", 0),
-        in grid order: models and pruners in config order, each model's baseline first."""
+        """Full-budget trials grouped by (model, pruner, rate), baselines as (model, "none", 0),
+        in grid order: models and pruners in config order, each model's baseline first.
+        Short-budget results (`stopped_early`) are left out: averaged in, they would pull a
+        configuration's mean towards a fine-tune it did not have."""
         groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
-        for t in self.completed:
+        for t in self.full_budget:
             groups.setdefault((t["model"], t["pruner"], t["rate"]), []).append(t)
         models = {m: i for i, m in enumerate(self.models)}
         pruners = {p: i for i, p in enumerate(self.pruners)}
@@ -284,6 +314,12 @@ class SweepResults:
                 fronts.setdefault(t["key"], []).append(COST_NAMES[cost])
         out = [{**rows[k], "fronts": fronts[k]} for k in rows]
         return sorted(out, key=_accuracy_then_small, reverse=True)
+
+
+def is_full_budget(trial: dict[str, Any]) -> bool:
+    """Whether a trial's result is of its whole fine-tune (rows written before budgets were
+    recorded have none: they ran in full)."""
+    return (trial.get("budget") or 1.0) >= 1.0
 
 
 def pareto_front(trials: list[dict[str, Any]], cost: str) -> list[dict[str, Any]]:
