@@ -389,11 +389,11 @@ def _listed(seconds: list[float]) -> str:
 
 
 def print_table(f: dict) -> None:
-    print(f"\n{'trial':<26}{'acc':>6}{'format':>7}" + "".join(f"{p:>9}" for p in PHASES)
+    print(f"\n{'trial':<26}{'acc':>6}  {'format':<19}" + "".join(f"{p:>9}" for p in PHASES)
           + f"{'total':>8}{'ideal':>8}{'ovh':>6}{'MFLOP/img':>10}")
     for t in f["trials"]:
         label = f"{t['model']} {t['pruner']} {t['rate']:.0%}" if t["pruner"] != "none" else f"{t['model']} baseline"
-        print(f"{label:<26}{t['accuracy']:>6.1%}{'/'.join(sorted(set(t['compute_runs']))):>7}"
+        print(f"{label:<26}{t['accuracy']:>6.1%}  {'/'.join(sorted(set(t['compute_runs']))):<19}"
               + "".join(f"{t['phases_s'][p]:>9.2f}" for p in PHASES)
               + f"{t['total_s']:>8.1f}{t['ideal_s']:>8.1f}{t['overhead']:>6.1%}{t['forward_mflops_per_image']:>10.1f}")
     runs, ideals = f["service_runs_wall_s"], f["ideal_measurements_wall_s"]
