@@ -132,7 +132,7 @@ def _ideal_job(job: dict) -> dict:
     # The format the trial trained in: the framework's best speed for that model, as measured.
     compute, cpu = Compute.parse(job["compute"]), torch.device("cpu")
     compute.prepare(model)
-    optimizer = make_optimizer(model, GRID["optimizer"])
+    optimizer = make_optimizer(model, job["optimizer"])
     loss_fn = torch.nn.CrossEntropyLoss()
     inputs = {b: compute.inputs(torch.randn(b, 3, 32, 32), cpu)
               for b in set(job["train_batches"] + job["eval_batches"])}
@@ -179,7 +179,7 @@ def measure_ideal(rows: list[dict]) -> dict:
         baseline = row["kind"] == "baseline"
         epochs = GRID["baseline_epochs"] if baseline else GRID["finetune_epochs"]
         jobs.append(dict(key=row["key"], kind=row["kind"], model=row["model"], artifact=row["artifact_path"],
-                         threads=int(row["threads"] or 1), compute=row["compute"],
+                         threads=int(row["threads"] or 1), compute=row["compute"], optimizer=GRID["optimizer"],
                          train_batches=_batch_sizes(GRID["train_subset"], GRID["batch_size"]) * epochs,
                          eval_batches=_batch_sizes(GRID["test_subset"], GRID["eval_batch_size"]),
                          # A pruned trial evaluates right after speedup and after fine-tuning.
