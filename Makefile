@@ -20,7 +20,7 @@ test-fast: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "not slow"
 
-## Throughput benchmark against a plain sequential script (see README, Performance)
+## Throughput benchmark against a plain sequential script (method: benchmarks/README.md)
 bench: setup
 	$(PY) benchmarks/sweep_throughput.py
 

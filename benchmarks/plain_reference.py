@@ -2,8 +2,9 @@
 
 One process, one trial after another, torchvision's CIFAR10 dataset with PIL
 transforms through a DataLoader, torch's default thread count. It reads the same
-generated CIFAR-10-format files (torchvision's reader without the md5 check), uses the same subsets, seeds, optimiser and schedule
-as the service, so that accuracies can be compared. Prints one JSON line per trial.
+generated CIFAR-10-format files (torchvision's reader without the md5 check), uses the
+same subsets, seeds, optimiser and schedule as the service, so that accuracies can be
+compared. Prints one JSON line per trial.
 
     python benchmarks/plain_reference.py GRID.json
 
