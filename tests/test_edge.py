@@ -20,6 +20,10 @@ from tests.conftest import run_cli
 # post-training quantization flips borderline predictions. Seen on these briefly trained
 # models: -2.5 to +1.8 points (docs/edge.md).
 ACCURACY_TOLERANCE = 0.03
+# int8 file size against fp32, at most. Dense convolutions shrink about 4x (resnet18: 3.9x
+# at every rate); a depthwise convolution stores a float scale and a zero point per channel
+# beside its nine int8 weights, so mobilenet_v2 shrinks 3.3x unpruned and 2.4x pruned 60 %.
+INT8_SIZE_RATIO = {"resnet18": 0.3, "mobilenet_v2": 0.45}
 # Two measurements of the same sweep agree within this, per model (must-show 2).
 REPEAT_TOLERANCE = 0.10
 
@@ -49,12 +53,12 @@ def test_int8_is_a_quarter_of_fp32_as_accurate_and_timed_on_the_same_node(edge_s
         assert v["error"] is None and Path(v["path"]).is_file() and Path(v["path"]).stat().st_size == v["size_bytes"]
         variants[v["trial_key"]][v["format"]] = v
     assert len(variants) == 2 + 2 * 2 * 2 and all(set(f) == {"fp32", "fp16", "int8"} for f in variants.values())
-    for formats in variants.values():
-        fp32, int8 = formats["fp32"], formats["int8"]
-        assert 0.2 < int8["size_bytes"] / fp32["size_bytes"] < 0.35  # about 4x smaller
-        assert 0.45 < formats["fp16"]["size_bytes"] / fp32["size_bytes"] < 0.55
-        assert abs(int8["accuracy"] - fp32["accuracy"]) <= ACCURACY_TOLERANCE, (fp32, int8)
     trials = {t["key"]: t for t in store.trials(sweep_id)}
+    for key, formats in variants.items():
+        fp32, int8 = formats["fp32"], formats["int8"]
+        assert 0.2 < int8["size_bytes"] / fp32["size_bytes"] < INT8_SIZE_RATIO[trials[key]["model"]], (fp32, int8)
+        assert 0.45 < formats["fp16"]["size_bytes"] / fp32["size_bytes"] < 0.6
+        assert abs(int8["accuracy"] - fp32["accuracy"]) <= ACCURACY_TOLERANCE, (fp32, int8)
     assert all(t["accuracy"] > 0.3 for t in trials.values() if t["kind"] == "baseline")  # chance is 0.1
     for key, formats in variants.items():  # fp32 in ONNX Runtime computes what torch computed
         assert abs(formats["fp32"]["accuracy"] - trials[key]["accuracy"]) <= 0.004
