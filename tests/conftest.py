@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,3 +135,12 @@ def trained_like(name: str):
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.normal_(0, 0.5)
     return model
+
+
+@pytest.fixture
+def one_torch_thread():
+    """As `plugins check` and one-CPU trials run: tiny models gain nothing from threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

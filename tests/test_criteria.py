@@ -20,12 +20,7 @@ from sweep_service.worker.pruning import Choice, plan_pruning, select_layers
 NNI_PRUNERS = {"l1norm": "L1NormPruner", "l2norm": "L2NormPruner", "fpgm": "FPGMPruner"}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def model_and_layers(name: str):

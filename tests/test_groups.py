@@ -33,12 +33,7 @@ from tests.conftest import trained_like
 LAYERS = LayerSelection().model_dump()
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def groups_of(name: str):

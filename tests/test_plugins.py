@@ -43,13 +43,7 @@ TUTORIAL_CONFIG = REPO / "configs" / "plugin-tutorial.yaml"
 BUILT_INS = {"l1norm", "l2norm", "fpgm", "nni-taylor", "random", TUTORIAL_PLUGIN}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """As `plugins check` and one-CPU trials run: tiny models gain nothing from threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # the contract's helper -------------------------------------------------------------------
