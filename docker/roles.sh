@@ -3,9 +3,10 @@
 #
 #   head     start a Ray head (or join RAY_CLUSTER_ADDRESS), run the coordinator on it for
 #            SWEEP_CONFIG, stop Ray and exit with the coordinator's status
-#   worker   join the Ray head at RAY_HEAD_ADDRESS and run trials; when the head goes away
-#            or comes back as a new cluster, rejoin it once it answers; exit when it has
-#            been gone for RAY_HEAD_WAIT_S seconds (default 120)
+#   worker   join the Ray head at RAY_HEAD_ADDRESS and run trials (RAY_WORKER_CPUS, _GPUS,
+#            and custom resources as JSON in RAY_WORKER_RESOURCES, e.g. {"edge": 1}); when
+#            the head goes away or comes back as a new cluster, rejoin it once it answers;
+#            exit when it has been gone for RAY_HEAD_WAIT_S seconds (default 120)
 #   report   serve the results' report folder over HTTP on port 8080
 #   health ROLE   the healthcheck of a container of that role
 #   help     this text
@@ -21,7 +22,7 @@ RAY_START_LOG=/tmp/ray-start.log
 
 log() { echo "[$1] $2" >&2; }
 
-usage() { sed -n '2,13s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; }
 
 # answers HOST:PORT: does a TCP server answer there? Exit status 0 if it does, 124 if it did
 # not answer within 3 s, another one if it refused (nothing listens) or the name is unknown.
@@ -125,14 +126,15 @@ run_worker() {
             pause 1
             continue
         fi
-        if ! ray_start --address="$head" --num-cpus="${RAY_WORKER_CPUS:-1}" --num-gpus="${RAY_WORKER_GPUS:-0}"; then
+        if ! ray_start --address="$head" --num-cpus="${RAY_WORKER_CPUS:-1}" --num-gpus="${RAY_WORKER_GPUS:-0}" \
+                --resources="${RAY_WORKER_RESOURCES:-{\}}"; then
             log worker "ray start --address=$head failed (trying again): $(tail -n 10 "$RAY_START_LOG")"
             ray stop --force >/dev/null 2>&1
             pause 5
             continue
         fi
         joined=1
-        log worker "joined the Ray cluster at $head with ${RAY_WORKER_CPUS:-1} CPU(s), ${RAY_WORKER_GPUS:-0} GPU(s)"
+        log worker "joined the Ray cluster at $head with ${RAY_WORKER_CPUS:-1} CPU(s), ${RAY_WORKER_GPUS:-0} GPU(s)${RAY_WORKER_RESOURCES:+, resources $RAY_WORKER_RESOURCES}"
         watch_node "$head"
         ray stop --force >/dev/null 2>&1
         log worker "$lost: rejoining the head once it answers (for up to ${wait_s} s)"

@@ -102,15 +102,16 @@ def seed_sweep(db_path: str | Path, *, models: Iterable[str] = REFERENCE_MODELS,
                links: bool = True, running: int = 0, seeds: Iterable[int] = (0,),
                pruned_figures: bool = True, adaptive: dict[str, Any] | None = None,
                stopped: dict[tuple, float] | None = None,
-               skipped: Iterable[tuple[str, str, float]] = ()) -> str:
+               skipped: Iterable[tuple[str, str, float]] = (), unstructured: Iterable[str] = ()) -> str:
     """Record a sweep of `models` x `pruners` x `rates` x `seeds`; returns its sweep id.
 
     `failed` trials are recorded as failures; with `done`, only the first `done` trials
     of the grid are recorded, the next `running` are marked running and the rest stay
     pending (a sweep in progress; pass status="running"). With
     `links` false, pruned rows lack baseline_accuracy/accuracy_drop (as before the
-    coordinator links them). `pruned_figures`: see figures(). A running sweep's lock is held,
-    with a fresh heartbeat, as its coordinator would hold it.
+    coordinator links them). `pruned_figures`: see figures(). Pruners in `unstructured` zero
+    weights instead of removing parameters (their rows say so, as the `level` plugin's do).
+    A running sweep's lock is held, with a fresh heartbeat, as its coordinator would hold it.
 
     `adaptive`: the sweep is configured `search: adaptive` with these settings; the trials
     (model, pruner, rate) or (model, pruner, rate, seed) in `stopped` are recorded as the
@@ -156,6 +157,14 @@ def seed_sweep(db_path: str | Path, *, models: Iterable[str] = REFERENCE_MODELS,
                                            "at a lower rate")
             continue
         result = figures(spec.model, spec.pruner, spec.rate, spec.seed, pruned_figures=pruned_figures)
+        if spec.kind != BASELINE:
+            result["structure"] = "structured"
+        if spec.pruner in unstructured:
+            base = figures(spec.model, "none", 0.0, spec.seed, pruned_figures=pruned_figures)
+            result.update(structure="unstructured", weights_zeroed=spec.rate, param_reduction=0.0,
+                          params_after=result["params_before"], macs_after=result["macs_before"], mac_reduction=0.0,
+                          model_size_bytes=base["model_size_bytes"], latency_ms=base["latency_ms"],
+                          channel_sparsity=None)
         if adaptive is not None:  # as workers report it: the share of the fine-tune trained
             result["budget"] = 1.0
         if where in stopped or (*where, spec.seed) in stopped:
@@ -185,6 +194,63 @@ def seed_sweep(db_path: str | Path, *, models: Iterable[str] = REFERENCE_MODELS,
                                started_at=now, heartbeat_at=now))
     store.engine.dispose()
     return sweep_id
+
+
+# format: share of the fp32 file, accuracy change (points), latency against fp32, peak MB against fp32
+VARIANT_PROFILES = {"fp32": (1.0, 0.0, 1.0, 1.0), "fp16": (0.5, 0.0, 1.05, 1.0), "int8": (0.26, -0.3, 0.45, 0.4)}
+EDGE_NODE = dict(node_host="edge-1", node_id="ab" * 28, cpu_model="Cortex-A76", cpu_arch="aarch64", cpus=1.0,
+                 load_avg=0.1)
+
+
+def seed_variants(db_path: str | Path, sweep_id: str, models_dir: str | Path, *,
+                  formats: Iterable[str] = ("fp32", "fp16", "int8"), node: dict[str, Any] | None = None,
+                  measure: bool = True, failed_format: str | None = None) -> None:
+    """Record the variants of every completed trial as the sweep and the measurement stage
+    would: a small file per variant under `models_dir`, its row (size in the proportions of
+    VARIANT_PROFILES, accuracy a little off its trial's), and with `measure` a finished
+    measurement run on `node` (EDGE_NODE by default) at batch sizes 1 and 8. With
+    `failed_format`, that format of every pruned trial is recorded as failed."""
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    store = ResultStore(db_path)
+    trials = {t["key"]: t for t in store.trials(sweep_id, status=COMPLETED)}  # recording variants clears latency
+    for trial in trials.values():
+        rows = []
+        for name in formats:
+            share, points, _, _ = VARIANT_PROFILES[name]
+            if name == failed_format and trial["kind"] != BASELINE:
+                rows.append(dict(format=name, runtime="onnxruntime 1.32.0", error="quantize_static failed: boom"))
+                continue
+            path = models_dir / f"{trial['model']}-{trial['key']}.{name}.onnx"
+            path.write_bytes(name.encode() * 8)
+            size = round(trial["model_size_bytes"] * share)
+            rows.append(dict(format=name, runtime="onnxruntime 1.32.0", path=str(path), size_bytes=size,
+                             compressed_bytes=round(size * 0.92), accuracy=round(trial["accuracy"] + points / 100, 4),
+                             time_s=1.5))
+        store.record_variants(sweep_id, trial["key"], rows)
+    if measure:
+        run_id = store.begin_measurement(sweep_id, dict(threads=1, batch_sizes=[1, 8], warmup=10, rounds=10,
+                                                        runs=20, image_size=64), "edge")
+        rows = []
+        variants = {v["id"]: v for v in store.variants(sweep_id)}
+        for v in variants.values():
+            if v["error"]:
+                continue
+            _, _, speed, memory = VARIANT_PROFILES[v["format"]]
+            latency = trials[v["trial_key"]]["latency_ms"] * speed
+            for batch in (1, 8):
+                ms = latency * (1 if batch == 1 else 6)
+                rows.append(dict(variant_id=v["id"], batch_size=batch, threads=1, latency_ms=ms,
+                                 latency_p10_ms=ms * 0.95, latency_p90_ms=ms * 1.1, round_spread=0.04,
+                                 round_medians_json=json.dumps([ms] * 10),
+                                 peak_rss_mb=60 + v["size_bytes"] / 1e6 * 2.5 * memory, **(node or EDGE_NODE)))
+        store.record_measurements(run_id, rows)
+        store.end_measurement(run_id, "finished", seconds=12.0, variants=len(rows) // 2)
+        for row in rows:  # as the stage does: a trial's latency is its fp32 variant's at batch 1
+            v = variants[row["variant_id"]]
+            if v["format"] == "fp32" and row["batch_size"] == 1:
+                store.set_latency(sweep_id, v["trial_key"], row["latency_ms"], "onnxruntime 1.32.0 fp32, batch 1")
+    store.engine.dispose()
 
 
 _CACHE: dict[str, Path] = {}

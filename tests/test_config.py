@@ -97,6 +97,15 @@ def test_missing_required_field(tiny_config):
         load_config(path)
 
 
+def test_measure_on_is_a_key_as_written_in_yaml(tiny_config):
+    """YAML 1.1 reads a bare `on` as the boolean true; the config keeps it the key it reads as."""
+    path, config = tiny_config()
+    text = yaml.safe_dump(config) + "measure: {on: edge, threads: 1}\nquantize: [fp32, int8]\n"
+    path.write_text(text)
+    loaded = load_config(path)
+    assert loaded.measure.on == "edge" and loaded.quantize == ["fp32", "int8"]
+
+
 @pytest.mark.parametrize("text, expected", [
     ("models: [resnet18\npruners: l1norm", "not valid YAML"),
     ("- just\n- a list", "expected a mapping"),

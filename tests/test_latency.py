@@ -67,3 +67,19 @@ def test_protocol_runs_in_fresh_processes(two_models):
             assert 40 < figures["peak_rss_mb"] < 600
     peaks = {name: by_batch[1]["peak_rss_mb"] for name, by_batch in answer["models"].items()}
     assert peaks["int8"] < peaks["fp32"]  # 11 MB of int8 weights against 45 MB of float32
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2, `cpus: 1.5`
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1.0),  # cgroup v1, `cpus: 1`
+    ({"cpu,cpuacct/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 0.5),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+])
+def test_usable_cpus_counts_a_containers_quota_in_cgroup_v1_and_v2(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = float(len(os.sched_getaffinity(0)))
+    assert usable_cpus(tmp_path) == (min(affinity, expected) if expected else affinity)

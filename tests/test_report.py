@@ -220,8 +220,8 @@ def test_single_model_and_missing_figures(tmp_path):
     rows = parse_page(index.read_text()).tables["trials"]
     assert len(rows) == 2
     pruned_row = next(r for r in rows if r[1] == "l1norm")
-    assert pruned_row[7] == "-"  # MACs not measured
-    assert pruned_row[4].endswith(" pt") and pruned_row[4] != "-"  # drop computed from the baseline
+    assert pruned_row[8] == "-"  # MACs not measured
+    assert pruned_row[5].endswith(" pt") and pruned_row[5] != "-"  # drop computed from the baseline
 
 
 def test_constraints_in_the_config_give_a_recommendation(tmp_path):

@@ -87,7 +87,7 @@ def test_page_gives_mean_and_interval_and_the_pairwise_table(results, tmp_path):
     html = render_page(results, [], tmp_path)
     page = parse_page(html)
     best = page.tables["best-table"]
-    assert all(" ± " in row[3] for row in best)
+    assert all(" ± " in row[4] for row in best)
     assert page.tables["trials"][0][:3] == ["resnet50", "baseline", "0%"]  # a row per trial stays
     assert len(page.tables["trials"]) == 3 * 2 * (1 + 2 * 2)
     pairs = page.tables["pairwise-table-resnet50"]

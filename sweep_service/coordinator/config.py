@@ -407,6 +407,18 @@ def parse_config(data: Any, *, source: str = "<config>", overrides: dict[str, An
         raise ConfigError(_format_errors(source, exc)) from None
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans (true/false only). PyYAML follows YAML 1.1, which also
+    reads on/off/yes/no as booleans: `measure: {on: edge}` would lose its key `on`."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
 def read_config_file(path: str | Path) -> Any:
     """The YAML document of a config file (not yet validated: see parse_config)."""
     path = Path(path)
@@ -414,7 +426,7 @@ def read_config_file(path: str | Path) -> Any:
         raise ConfigError(f"config file {path} does not exist" if not path.exists()
                           else f"config file {path} is not a file")
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        data = yaml.load(path.read_bytes().decode("utf-8"), Loader=_Loader)
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:

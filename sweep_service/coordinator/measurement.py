@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from sweep_service.coordinator.store import ResultStore
 from sweep_service.coordinator.variants import make_missing_variants
+from sweep_service.report import fmt
 from sweep_service.spec import BASELINE, COMPLETED
 from sweep_service.worker.runtime import FORMATS
 
@@ -267,7 +268,7 @@ def summary_lines(store: ResultStore, sweep_id: str) -> list[str]:
         trial = trials[v["trial_key"]]
         pruner = v["pruner"] if v["kind"] != BASELINE else "-"
         if v["error"]:
-            lines.append(f"{v['model']:<14} {pruner:<9} {_rate(v)}  {_pruned(trial):<20} {v['format']:<6} "
+            lines.append(f"{v['model']:<14} {pruner:<9} {_rate(v)}  {fmt.pruning(trial):<20} {v['format']:<6} "
                          f"failed: {v['error'].splitlines()[0]}")
             continue
         m, reference = figures.get(v["id"]), fp32.get(v["trial_key"])
@@ -275,7 +276,7 @@ def summary_lines(store: ResultStore, sweep_id: str) -> list[str]:
                    if m else "not measured")
         versus = f"{m['latency_ms'] / reference['latency_ms']:.2f}x" if m and reference else "-"
         peak = f"{m['peak_rss_mb']:.0f}" if m and m["peak_rss_mb"] is not None else "-"
-        lines.append(f"{v['model']:<14} {pruner:<9} {_rate(v)}  {_pruned(trial):<20} {v['format']:<6} "
+        lines.append(f"{v['model']:<14} {pruner:<9} {_rate(v)}  {fmt.pruning(trial):<20} {v['format']:<6} "
                      f"{v['accuracy']:>8.1%} {v['size_bytes'] / 1e6:>8.2f} {v['compressed_bytes'] / 1e6:>8.2f}  "
                      f"{latency:<22} {versus:>7} {peak:>7}")
     nodes = {(m["node_host"], m["cpu_model"], m["cpus"]) for m in measured}
@@ -288,11 +289,3 @@ def summary_lines(store: ResultStore, sweep_id: str) -> list[str]:
 def _rate(variant: dict[str, Any]) -> str:
     return f"{variant['rate']:>4.0%}" if variant["kind"] != BASELINE else f"{'-':>4}"
 
-
-def _pruned(trial: dict[str, Any]) -> str:
-    """What pruning did to the model, in its own terms: parameters removed, or weights zeroed."""
-    if trial["kind"] == BASELINE:
-        return "baseline"
-    if trial["structure"] == "unstructured":
-        return f"{trial['weights_zeroed'] or 0:.0%} weights zeroed"
-    return f"{trial['param_reduction'] or 0:.0%} params removed"

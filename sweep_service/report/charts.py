@@ -62,6 +62,11 @@ SPARSITY_LABEL = "achieved channel sparsity (%)"  # the caption says: filters re
 BAND_ALPHA = 0.18
 SHORT_LABEL = "short fine-tune (stopped early)"
 SHORT_GID = "short-budget"  # names the hollow markers of short-budget results in a figure
+FORMAT_COLOURS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "int8": "#d62728"}
+# How a variant's point is filled says what pruning did: nothing (hollow), parameters
+# removed (filled), weights zeroed (half-filled).
+PRUNING_FILL = {"baseline": ("none", "unpruned baseline"), "structured": ("full", "pruned: parameters removed"),
+                "unstructured": ("left", "pruned: weights zeroed (none removed)")}
 # Sizes for charts shown at about 0.6-0.8 of their pixel size on a laptop screen.
 STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11.5, "xtick.labelsize": 10.5,
          "ytick.labelsize": 10.5, "legend.fontsize": 11}
@@ -233,7 +238,7 @@ def _vs_rate(results: SweepResults, metric: str, title: str, ylabel: str, *, dia
         elif values and min(values) < 0.3:  # chance level is worth seeing only near it
             ax.axhline(1 / NUM_CLASSES, color="#999", linestyle=":", linewidth=1)
             ax.text(0.0, 1 / NUM_CLASSES, " chance", va="bottom", fontsize=9, color="#777")
-        ax.set_title(f"pruner: {pruner}")
+        ax.set_title(_pruner_title(results, pruner))
         _rate_axis(ax, results.rates)
         _pct_axis(ax.yaxis)
         ax.set_xlabel(RATE_LABEL)
@@ -312,7 +317,7 @@ def accuracy_vs_sparsity(results: SweepResults) -> Figure:
                             xerr=[p[0].half_width or 0.0 for _, _, p in spread],
                             yerr=[p[1].half_width or 0.0 for _, _, p in spread],
                             fmt="none", ecolor=style["color"], elinewidth=1, capsize=2, alpha=0.8)
-        ax.set_title(f"pruner: {pruner}")
+        ax.set_title(_pruner_title(results, pruner))
         _pct_axis(ax.xaxis)
         _pct_axis(ax.yaxis)
         ax.set_xlim(-0.03, min(1.0, widest + 0.05))
@@ -449,6 +454,13 @@ def _model_lines(results: SweepResults, model: str, top, bottom) -> None:
     top.grid(True, axis="x", alpha=0.3)
 
 
+def _pruner_title(results: SweepResults, pruner: str) -> str:
+    """A panel's title: the pruner, and for one that zeroes weights, that it removes none."""
+    if pruner in results.unstructured_pruners:
+        return f"pruner: {pruner}\n(unstructured: weights zeroed, none removed)"
+    return f"pruner: {pruner}"
+
+
 # trade-offs: accuracy against a cost, with the Pareto front ---------------------------------
 _COST_AXES = {
     "params_after": ("parameters (millions, log scale)", 1e6, "{:.3g} M"),
@@ -519,6 +531,75 @@ def tradeoff_chart(results: SweepResults, cost: str) -> Figure:
     if _short(results, cost):
         handles.append(_short_handle())
     _legend_right(fig, handles, "model")
+    return fig
+
+
+_VARIANT_AXES = {
+    "model_size_bytes": ("model file size (MB, log scale)", 1e6),
+    "latency_ms": ("latency on the measuring node, batch {batch} (ms, median)", 1.0),
+}
+
+
+def _pruning_kind(row: dict[str, Any]) -> str:
+    if row["kind"] == BASELINE:
+        return "baseline"
+    return "unstructured" if row.get("structure") == "unstructured" else "structured"
+
+
+def variant_tradeoff_chart(results: SweepResults, cost: str) -> Figure:
+    """Accuracy of every deployable variant against its file size or its latency on the
+    measuring node: colour the format, marker the model, fill what pruning did; the
+    Pareto front is across prune x quantize."""
+    rows = results.variant_summaries
+    points = [v for v in rows if v.get("accuracy") is not None and v.get(cost) is not None]
+    front = pareto_front(rows, cost)
+    batch = next((v["batch_size"] for v in points if v.get("batch_size")), 1)
+    label, scale = _VARIANT_AXES[cost]
+    fig = Figure(figsize=(11, 6.4))
+    ax = fig.subplots()
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for v in points:
+        groups.setdefault((v["model"], v["format"], _pruning_kind(v)), []).append(v)
+    for (model, name, kind), mine in groups.items():
+        colour = FORMAT_COLOURS.get(name, "#555")
+        ax.plot([v[cost] / scale for v in mine], [v["accuracy"] for v in mine], linestyle="none",
+                marker=model_style(results, model)["marker"], markersize=9 if kind == "baseline" else 7.5,
+                color=colour, markerfacecolor=colour if kind != "baseline" else "white",
+                markerfacecoloralt="white", fillstyle=PRUNING_FILL[kind][0], markeredgewidth=1.4, alpha=0.9,
+                zorder=3)
+    if front:
+        xs, ys = [v[cost] / scale for v in front], [v["accuracy"] for v in front]
+        ax.step(xs, ys, where="post", color="black", linewidth=1.3, zorder=2)
+        ax.scatter(xs, ys, s=190, facecolors="none", edgecolors="black", linewidths=1.4, zorder=4)
+    values = [v[cost] / scale for v in points]
+    if values and max(values) / max(min(values), 1e-9) > 8:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.6)))
+    else:
+        ax.set_xlim(left=0.0)
+    ax.set_xlabel(label.format(batch=batch) if cost == "latency_ms" else label)
+    ax.set_ylabel("top-1 accuracy in ONNX Runtime (%)")
+    _pct_axis(ax.yaxis)
+    ax.grid(True, which="both", alpha=0.25)
+    nodes = "; ".join(results.measuring_nodes) or "not measured"
+    what = "model file size" if cost == "model_size_bytes" else "latency on the measuring node"
+    _header(fig, f"Top-1 accuracy vs {what}, per format (up and to the left is better)",
+            f"{_subtitle(results)}\nmeasured on {nodes}; the front spans pruning x quantization")
+    on_front = {v["key"] for v in front}
+    _label_front(fig, ax, [((v[cost] / scale, v["accuracy"]), trial_label(v)) for v in front],
+                 [(v[cost] / scale, v["accuracy"]) for v in points if v["key"] not in on_front])
+    formats = list(dict.fromkeys(v["format"] for v in points))
+    handles: list = [Patch(color=FORMAT_COLOURS.get(f, "#555"), label=f) for f in formats]
+    handles += [Line2D([], [], linestyle="none", color="#555", label=m, markersize=8,
+                       marker=model_style(results, m)["marker"])
+                for m in results.models if any(v["model"] == m for v in points)]
+    handles += [Line2D([], [], linestyle="none", marker="o", color="#555", markerfacecoloralt="white",
+                       fillstyle=fill, markersize=9, label=text)
+                for kind, (fill, text) in PRUNING_FILL.items() if any(_pruning_kind(v) == kind for v in points)]
+    handles.append(Line2D([], [], marker="o", color="black", markerfacecolor="none", markersize=13,
+                          linewidth=1.3, label="Pareto front"))
+    _legend_right(fig, handles, "format, model, pruning")
     return fig
 
 
@@ -639,6 +720,24 @@ def plan_charts(results: SweepResults) -> list[tuple[Chart, Callable[[], Figure]
                          "with full ones, so not on the front)." if results.stopped_early else ""),
                       _digest(results, cost, everything)),
                 lambda cost=cost: tradeoff_chart(results, cost)))
+    if results.variants:
+        shown = [[v.get(c) for c in ("key", "accuracy", "model_size_bytes", "latency_ms", "structure",
+                                     "node_host", "cpus")] for v in results.variant_summaries]
+        nodes = "; ".join(results.measuring_nodes) or "no node yet (run `measure`)"
+        for cost, filename, title, caption in (
+                ("model_size_bytes", "variants_accuracy_vs_size.png", "Accuracy vs model file size, per format",
+                 "Every deployable variant (model, pruner, rate, format): its top-1 accuracy in ONNX Runtime "
+                 "against the size of its .onnx file."),
+                ("latency_ms", "variants_accuracy_vs_latency.png", "Accuracy vs latency on the measuring node, "
+                 "per format", f"Every measured variant's median latency, measured on {nodes}.")):
+            if any(v.get(cost) is not None for v in results.variant_summaries):
+                plan.append((
+                    Chart(filename, "edge", title,
+                          f"{caption} Colour: format; marker: model; filled: pruned by removing parameters, "
+                          "half-filled: pruned by zeroing weights (nothing removed), hollow: unpruned. The black "
+                          "step line and rings mark the Pareto front across pruning and quantization.",
+                          _digest(results, "variants", cost, shown)),
+                    lambda cost=cost: variant_tradeoff_chart(results, cost)))
     if results.pruners:
         for model in results.models:
             mine = _figures_of(results, model)

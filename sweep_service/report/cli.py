@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sweep_service.report import fmt
 from sweep_service.spec import STATUSES
+from sweep_service.worker.runtime import FORMATS
 
 EXIT_OK, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
 
@@ -67,9 +68,16 @@ def _recommend(args: argparse.Namespace) -> int:
     results = _load(args)
     if results is None:
         return EXIT_ERROR
+    formats = tuple(dict.fromkeys(args.format or ()))
+    if formats and not results.variants:
+        print(f"error: sweep {results.sweep_id} made no deployable variants, so --format has nothing to choose "
+              "from; add `quantize: [fp32, int8]` to its config and run it again (no retraining), or drop --format",
+              file=sys.stderr)
+        return EXIT_ERROR
     given = Limits(max_params=args.max_params, max_macs=args.max_macs, max_latency_ms=args.max_latency_ms,
                    max_size_mb=args.max_size_mb, min_accuracy=args.min_accuracy)
-    answer = recommend(results, given, source="from the command line") if given else recommend(results)
+    answer = (recommend(results, given, source="from the command line", formats=formats) if given
+              else recommend(results, formats=formats))
     print("\n".join(answer.lines(runners_up=args.top)))
     return EXIT_OK if answer.chosen is not None else EXIT_NO_MATCH
 
@@ -159,13 +167,19 @@ def register(subparsers) -> None:
             "limit given, and print why: its figures against each limit, how many trials each "
             "limit excluded, and the next best. When no trial fits, print which limit excluded "
             "most, which limit alone stands in the way, and the closest candidates.",
+            "A sweep that made deployable variants (`quantize:` in its config) is answered among "
+            "those: each (model, pruner, rate, format), its size the .onnx file's, its latency the "
+            "median on the node that measured it (e.g. the edge device), its accuracy its own in "
+            "ONNX Runtime; the answer names the format, the file and the measuring node.",
             "Limits given here replace those in the sweep config's `constraints`; with none given, "
             "the config's are used (and with none there, the most accurate trial is shown).",
             "Exit status: 0 a trial was found, 1 no trial meets the limits (or none has "
             "completed), 2 the database or sweep cannot be read."),
         epilog="examples:\n"
                "  python -m sweep_service recommend --db results/sweep.db --max-params 5M --min-accuracy 90%\n"
-               "  python -m sweep_service recommend --db results/sweep.db --max-latency-ms 4 --max-size-mb 10")
+               "  python -m sweep_service recommend --db results/sweep.db --max-latency-ms 4 --max-size-mb 10\n"
+               "  python -m sweep_service recommend --db results/edge.db --max-size-mb 2 --max-latency-ms 5 "
+               "--format int8")
     rec.add_argument("--db", type=Path, required=True, help="SQLite results file of the sweep")
     rec.add_argument("--sweep", help="sweep id (default: the latest sweep in the database)")
     rec.add_argument("--max-params", type=_argtype(fmt.parse_count, "count"), metavar="N",
@@ -173,9 +187,12 @@ def register(subparsers) -> None:
     rec.add_argument("--max-macs", type=_argtype(fmt.parse_count, "count"), metavar="N",
                      help="most multiply-accumulates per image (at the sweep's image size), e.g. 300M")
     rec.add_argument("--max-latency-ms", type=_argtype(_positive_float, "milliseconds"), metavar="MS",
-                     help="highest median CPU latency for one image, in milliseconds")
+                     help="highest median CPU latency for one image, in milliseconds (of a variant: "
+                          "on the node that measured it)")
     rec.add_argument("--max-size-mb", type=_argtype(_positive_float, "megabytes"), metavar="MB",
-                     help="largest saved model file, in MB of 10^6 bytes")
+                     help="largest saved model file (of a variant: its .onnx file), in MB of 10^6 bytes")
+    rec.add_argument("--format", action="append", choices=FORMATS, metavar="FORMAT",
+                     help=f"only variants in this format ({', '.join(FORMATS)}); repeat for several")
     rec.add_argument("--min-accuracy", type=_argtype(fmt.parse_fraction, "accuracy"), metavar="F",
                      help="lowest top-1 accuracy, as a fraction (0.9) or a percent (90%%)")
     rec.add_argument("--top", type=int, default=3, metavar="N",

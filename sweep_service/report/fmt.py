@@ -92,6 +92,16 @@ def rate(value: float | None) -> str:
     return text + "%"
 
 
+def pruning(row: dict[str, Any]) -> str:
+    """What pruning did to a model, in its own terms: "30% params removed" (structured:
+    parameters are gone) or "50% weights zeroed" (unstructured: all stay, some are zero)."""
+    if row.get("kind") == "baseline":
+        return "baseline"
+    if row.get("structure") == "unstructured":
+        return f"{pct(row.get('weights_zeroed') or 0.0, 0)} weights zeroed"
+    return f"{pct(row.get('param_reduction') or 0.0, 0)} params removed"
+
+
 def when(value: datetime | None) -> str:
     return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
 

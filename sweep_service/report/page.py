@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import struct
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +25,7 @@ from sweep_service.report import fmt
 from sweep_service.report.charts import Chart, render_charts
 from sweep_service.report.export import export_text
 from sweep_service.report.recommend import Limits, accuracy_text, recommend
-from sweep_service.report.results import SweepResults, is_full_budget, load_results, trial_label
+from sweep_service.report.results import SweepResults, is_full_budget, load_results, measured_on, trial_label
 from sweep_service.report.stats import CONFIDENCE, Estimate
 from sweep_service.report.status import STATUS_FILE
 from sweep_service.spec import BASELINE, COMPLETED, PENDING, RUNNING
@@ -52,6 +54,8 @@ COLUMNS = (
     Column("model", "model", str),
     Column("pruner", "pruner", str),
     Column("rate", "rate", fmt.rate, "requested pruning rate: share of filters asked of each selected layer"),
+    Column("pruning", "pruning", str, "what pruning did: parameters removed (structured) or weights zeroed "
+                                      "(unstructured: nothing removed)"),
     Column("accuracy", "accuracy", fmt.pct, "top-1 accuracy on the test split, after fine-tuning",
            show_pm=fmt.pct_pm),
     Column("vs base", "accuracy_change", fmt.points, "accuracy minus the unpruned baseline's (same seed), in points",
@@ -97,9 +101,9 @@ def _environment() -> Environment:
     return env
 
 
-def _cell(value: Any, text: str, minor: bool) -> dict[str, Any]:
+def _cell(value: Any, text: str, minor: bool, href: str | None = None) -> dict[str, Any]:
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return dict(text=text, sort=value if numeric else (value or ""), minor=minor)
+    return dict(text=text, sort=value if numeric else (value or ""), minor=minor, href=href)
 
 
 def _table(trials: list[dict[str, Any]], extra: Column | None = None, *, summary: bool = False,
@@ -118,7 +122,8 @@ def _table(trials: list[dict[str, Any]], extra: Column | None = None, *, summary
         if "accuracy_drop" in spread:
             drop = spread["accuracy_drop"]
             spread["accuracy_change"] = Estimate(-drop.mean, drop.n, drop.half_width, drop.sd)
-        t = {**t, "accuracy_change": None if t.get("accuracy_drop") is None else -t["accuracy_drop"]}
+        t = {**t, "accuracy_change": None if t.get("accuracy_drop") is None else -t["accuracy_drop"],
+             "pruning": fmt.pruning(t)}
         if t["kind"] == BASELINE:
             t["pruner"] = "baseline"
         cells = []
@@ -134,6 +139,60 @@ def _table(trials: list[dict[str, Any]], extra: Column | None = None, *, summary
         short = t.get("status") == COMPLETED and not is_full_budget(t)
         rows.append(dict(cells=cells, key=t["key"], status=t["status"], kind=t["kind"] + (" short" if short else "")))
     return dict(columns=columns, rows=rows)
+
+
+def _variant_table(results: SweepResults, rows: list[dict[str, Any]], out_dir: Path, *,
+                   fronts: bool = False) -> dict[str, Any]:
+    """Headers and rows of a table of variant configurations (SweepResults.variant_summaries),
+    each linking its .onnx file (relative to the report folder)."""
+    columns = [
+        Column("model", "model", str), Column("pruner", "pruner", str), Column("rate", "rate", fmt.rate),
+        Column("pruning", "pruning", str, "parameters removed (structured) or weights zeroed (unstructured)"),
+        Column("format", "format", str, "fp32, fp16 or int8 (ONNX Runtime static QDQ, calibrated on training batches)"),
+        Column("accuracy", "accuracy", fmt.pct, "top-1 accuracy on the test split, run in ONNX Runtime",
+               show_pm=fmt.pct_pm),
+        Column("vs fp32", "vs_fp32_accuracy", fmt.points, "accuracy minus the same trial's fp32 variant's, in points",
+               show_pm=fmt.points_pm),
+        Column("size", "model_size_bytes", fmt.size, "the .onnx file, MB of 10^6 bytes"),
+        Column("deflated", "compressed_bytes", fmt.size, "the file deflated (zip/gzip level 6)"),
+        Column("latency", "latency_ms", fmt.ms, "median latency on the measuring node", show_pm=fmt.ms_pm),
+        Column("p10-p90", "latency_range", str, "10th to 90th percentile of the timed calls"),
+        Column("vs fp32 ×", "vs_fp32_latency", lambda v: f"{v:.2f}×", "latency ÷ the same trial's fp32 variant's, "
+                                                                     "same node and run"),
+        Column("peak", "peak_rss_mb", lambda v: f"{v:.0f} MB", "peak resident memory of a fresh process loading "
+                                                               "and running it"),
+        Column("measured on", "measured_on", str, "the node and CPU that measured it"),
+    ]
+    if fronts:
+        columns.append(Column("front", "front", str, "the costs for which no other variant is both more accurate "
+                                                     "and cheaper (by the means)"))
+    columns.append(Column("file", "file", str, "the variant's ONNX file (of the first seed)"))
+    out = []
+    for v in rows:
+        v = {**v, "pruning": fmt.pruning(v), "measured_on": measured_on(v), "front": ", ".join(v.get("fronts", [])),
+             "pruner": "baseline" if v["kind"] == BASELINE else v["pruner"],
+             "latency_range": "-" if v.get("latency_p10_ms") is None else
+             f"{v['latency_p10_ms']:.3g}-{v['latency_p90_ms']:.3g}",
+             "file": Path(v["path"]).name if v.get("path") else None}
+        spread = v.get("spread") or {}
+        cells = []
+        for c in columns:
+            value, estimate = v.get(c.key), spread.get(c.key)
+            if value is None:
+                text = "-"
+            elif c.show_pm and estimate is not None and estimate.measured:
+                text = c.show_pm(estimate.mean, estimate.half_width)
+            else:
+                text = c.show(value)
+            href = _relative_link(Path(v["path"]), out_dir) if c.key == "file" and v.get("path") else None
+            cells.append(_cell(value, text, False, href))
+        out.append(dict(cells=cells, key=v["key"], status=v["status"], kind=v["kind"]))
+    return dict(columns=columns, rows=out)
+
+
+def _relative_link(path: Path, out_dir: Path) -> str:
+    """A link from the report folder to a file (the variants sit in ../models beside it)."""
+    return urllib.parse.quote(Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix())
 
 
 def _pairwise(results: SweepResults) -> list[dict[str, Any]]:
@@ -292,6 +351,10 @@ def render_page(results: SweepResults, charts: list[Chart], out_dir: Path) -> st
         rate_charts=[v for v in views if v["group"] == "rate"],
         tradeoff_charts=[v for v in views if v["group"] == "tradeoff"],
         model_charts=[v for v in views if v["group"] == "model"],
+        edge_charts=[v for v in views if v["group"] == "edge"],
+        variants=_variant_table(results, results.variant_summaries, out_dir) if results.variants else None,
+        variant_pareto=_variant_table(results, results.variant_pareto_set(), out_dir, fronts=True)
+        if results.variants else None,
         best=_table(results.best_per_model(), summary=True, seeds=several),
         pareto=_table([{**t, "front": ", ".join(t["fronts"])} for t in pareto],
                       Column("front", "front", str, "the costs for which no other configuration is "

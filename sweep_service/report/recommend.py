@@ -3,11 +3,15 @@
 Limits come from the command line or from the sweep config's `constraints`. Every
 completed configuration (model, pruner, rate) is a candidate, by its mean over its seeds,
 unpruned baselines included (the right answer may be not to prune); with one seed a
-configuration is one trial. Trials an adaptive search stopped early are not candidates: a
-short fine-tune's accuracy is not comparable with a full one's (a trial stopped because it
-was below the front would only be chosen by a limit that excludes the trials above it,
-which trained longer). When nothing fits, the answer says which limit excluded most,
-which limit alone stands in the way, and which came closest.
+configuration is one trial. A sweep that made deployable variants (fp32/fp16/int8 ONNX
+files, docs/edge.md) offers those instead, one per (model, pruner, rate, format): the
+size is the variant's file, the latency its median on the node that measured it, the
+accuracy its own in the runtime it ships in. Trials an adaptive search stopped early are
+not candidates, nor their variants: a short fine-tune's accuracy is not comparable with a
+full one's (a trial stopped because it was below the front would only be chosen by a
+limit that excludes the trials above it, which trained longer). When nothing fits, the
+answer says which limit excluded most, which limit alone stands in the way, and which
+came closest.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 from sweep_service.report import fmt
-from sweep_service.report.results import SweepResults, trial_label
+from sweep_service.report.results import SweepResults, measured_on, trial_label
 from sweep_service.report.stats import CONFIDENCE
 
 
@@ -112,18 +116,19 @@ class Recommendation:
     excluded_by: dict[str, int] = field(default_factory=dict)  # limit name -> trials it excludes
     only_by: dict[str, int] = field(default_factory=dict)  # limit name -> trials it alone excludes
     closest: list[tuple[dict[str, Any], list[Miss]]] = field(default_factory=list)
+    candidates: int = 0  # how many were checked
+    variants: bool = False  # the candidates are deployable variants, not trials
+    formats: tuple[str, ...] = ()  # the formats the candidates were restricted to, if any
 
     @property
     def chosen(self) -> dict[str, Any] | None:
         return self.eligible[0] if self.eligible else None
 
     @property
-    def candidates(self) -> int:
-        return len(self.results.summaries)
-
-    @property
     def noun(self) -> str:
-        """What the candidates are called: trials with one seed each, else configurations."""
+        """What the candidates are called: variants, trials with one seed each, else configurations."""
+        if self.variants:
+            return "variants"
         return "configurations" if self.results.spread_measured else "trials"
 
     def limit_rows(self) -> list[dict[str, Any]]:
@@ -139,10 +144,11 @@ class Recommendation:
 
     def why(self) -> str:
         mean = " by mean accuracy" if self.results.spread_measured else ""
+        noun = f"{'/'.join(self.formats)} {self.noun}" if self.formats else self.noun
         if not self.limits:
-            return f"the most accurate{mean} of all {self.candidates} completed {self.noun} (no limits given)"
+            return f"the most accurate{mean} of all {self.candidates} completed {noun} (no limits given)"
         return (f"the most accurate{mean} of the {len(self.eligible)} of {self.candidates} completed "
-                f"{self.noun} that meet every limit")
+                f"{noun} that meet every limit")
 
     def most_excluding(self) -> str | None:
         if not self.excluded_by:
@@ -165,6 +171,9 @@ class Recommendation:
         if r.stopped_early:
             out.append(f"note: {len(r.stopped_early)} trials the adaptive search stopped early are not candidates: "
                        "a short fine-tune's accuracy is not comparable with a full one's")
+        if self.variants:
+            out.append("candidates: the deployable variants of the completed trials (size: the variant's file; "
+                       "latency: its median on the node that measured it; accuracy: in its runtime)")
         if r.spread_measured:
             out.append(f"figures: mean ± half-width of the {CONFIDENCE:.0%} interval over each configuration's seeds")
         else:
@@ -183,11 +192,16 @@ class Recommendation:
                     out.append(f"  {trial_label(t):<30} {accuracy_text(t):>6}  "
                                + "; ".join(m.text() for m in miss))
             return out
-        keys = chosen.get("keys") or [chosen["key"]]
+        keys = [k.split(".")[0] for k in chosen.get("keys") or [chosen["key"]]]
         which = f"trial {keys[0]}" if len(keys) == 1 else f"mean of {len(keys)} seeds: trials {', '.join(keys)}"
         out.append(f"recommended: {trial_label(chosen)}  ({which})")
         out.append(f"why: {self.why()}")
         out.append("  " + summary(chosen))
+        if self.variants:
+            out.append(f"  format: {chosen['format']} in {chosen.get('runtime') or 'an unknown runtime'}; "
+                       f"file: {chosen.get('path') or '-'}")
+            out.append(f"  latency measured on {measured_on(chosen)}, batch {chosen.get('batch_size') or '-'}, "
+                       f"{chosen.get('threads') or '-'} thread(s)")
         for row in self.limit_rows():
             out.append(f"  {row['limit']:<28} ok: {row['value']:<10} (this limit excludes "
                        f"{row['excluded']} {self.noun})")
@@ -216,23 +230,34 @@ def summary(t: dict[str, Any]) -> str:
     spread = _spread(t, "accuracy_drop")
     change = fmt.points_pm(-drop, spread.half_width) if spread and drop is not None else fmt.points(
         None if drop is None else -drop)
-    vs_base = f" ({change} vs baseline)" if drop is not None and t.get("kind") != "baseline" else ""
+    baseline = "the unpruned fp32 file" if t.get("format") else "baseline"
+    vs_base = f" ({change} vs {baseline})" if drop is not None and t.get("kind") != "baseline" else ""
     seeds = f" over {t['n']} seeds" if _spread(t, "accuracy") else ""
-    removed = "unpruned" if t.get("kind") == "baseline" else f"-{fmt.pct(t.get('param_reduction'), 0)}"
-    return (f"accuracy {accuracy_text(t)}{seeds}{vs_base}, params {fmt.count(t.get('params_after'))} "
-            f"({removed}), MACs {fmt.count(t.get('macs_after'))}, "
-            f"latency {fmt.ms(t.get('latency_ms'))}, size {fmt.size(t.get('model_size_bytes'))}")
+    text = (f"accuracy {accuracy_text(t)}{seeds}{vs_base}, {fmt.pruning(t)}, "
+            f"params {fmt.count(t.get('params_after'))}, MACs {fmt.count(t.get('macs_after'))}, "
+            f"latency {fmt.ms(t.get('latency_ms'))}, ")
+    if not t.get("format"):
+        return text + f"size {fmt.size(t.get('model_size_bytes'))}"
+    peak = t.get("peak_rss_mb")
+    return (text + f"{t['format']} file {fmt.size(t.get('model_size_bytes'))} "
+            f"(deflated {fmt.size(t.get('compressed_bytes'))}), peak memory "
+            + ("-" if peak is None else f"{peak:.0f} MB"))
 
 
 def recommend(results: SweepResults, limits: Limits | None = None, *, source: str = "given",
-              closest: int = 3) -> Recommendation:
+              closest: int = 3, formats: tuple[str, ...] = ()) -> Recommendation:
     """The most accurate completed configuration within `limits` (default: the sweep config's
-    `constraints`); ties go to fewer parameters, then lower latency. `source` says
+    `constraints`) among the sweep's deployable variants (only `formats`, if given), or its
+    trials if it made none; ties go to fewer parameters, then lower latency. `source` says
     where the limits came from, for the explanation."""
     if limits is None:
         limits = Limits.from_mapping(results.config.get("constraints"))
         source = "from the sweep config" if limits else "none given"
-    checked = [(t, misses(t, limits)) for t in results.summaries]
+    variants = bool(results.variants)
+    pool = results.variant_summaries if variants else results.summaries
+    if formats:
+        pool = [t for t in pool if t.get("format") in formats]
+    checked = [(t, misses(t, limits)) for t in pool]
     eligible = sorted((t for t, m in checked if not m), key=_rank, reverse=True)
     excluded_by: dict[str, int] = {}
     only_by: dict[str, int] = {}
@@ -246,7 +271,8 @@ def recommend(results: SweepResults, limits: Limits | None = None, *, source: st
         near = sorted(checked, key=lambda tm: (sum(x.excess for x in tm[1]), len(tm[1]),
                                                -(tm[0].get("accuracy") or 0)))
         near = near[:closest]
-    return Recommendation(results, limits, source, eligible, excluded_by, only_by, near)
+    return Recommendation(results, limits, source, eligible, excluded_by, only_by, near, candidates=len(pool),
+                          variants=variants, formats=tuple(formats))
 
 
 def _rank(t: dict[str, Any]) -> tuple:

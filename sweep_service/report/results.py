@@ -13,6 +13,12 @@ share of their fine-tune: those keep a short-budget result (`budget` < 1). A sho
 fine-tune's accuracy is not comparable with a full one's, so configurations, and with them
 means, intervals, Pareto fronts and `recommend`, hold full-budget trials only; the short
 ones are `SweepResults.stopped_early`, which the tables list and the charts draw apart.
+
+A sweep that made deployable variants (docs/edge.md) also has a row per variant of each
+completed trial: the trial's figures with the variant's own accuracy (in the runtime it
+ships in), file size, and latency and peak memory from the latest measurement run, with
+the node that measured them. Variants are compared likewise, one (model, pruner, rate,
+format) over its seeds.
 """
 from __future__ import annotations
 
@@ -28,15 +34,26 @@ from sweep_service.dataset_info import describe
 from sweep_service.report import fmt, stats
 from sweep_service.report.stats import Estimate, estimate, paired_difference
 from sweep_service.spec import BASELINE, COMPLETED, FAILED, PENDING, PRUNED, RUNNING, SKIPPED
+from sweep_service.worker.runtime import FORMATS
 
 # The costs that the trade-off charts and the Pareto set weigh accuracy against.
 COSTS = ("params_after", "macs_after", "latency_ms")
 COST_NAMES = {"params_after": "parameters", "macs_after": "MACs", "latency_ms": "latency"}
+# The costs deployable variants are weighed by: the file, and latency on the measuring node.
+VARIANT_COSTS = ("model_size_bytes", "latency_ms")
+VARIANT_COST_NAMES = {"model_size_bytes": "size", "latency_ms": "latency"}
 # The figures a configuration averages over its seeds.
 METRICS = ("accuracy", "accuracy_pruned", "accuracy_drop", "baseline_accuracy", "channel_sparsity",
            "params_before", "params_after", "param_reduction", "macs_before", "macs_after", "mac_reduction",
            "model_size_bytes", "latency_ms", "time_prune_s", "time_speedup_s", "time_finetune_s", "time_eval_s",
            "time_measure_s", "time_total_s", "time_wait_s")
+# The figures a variant configuration (model, pruner, rate, format) averages over its seeds.
+VARIANT_METRICS = ("accuracy", "accuracy_drop", "vs_fp32_accuracy", "vs_fp32_latency", "params_after",
+                   "param_reduction", "weights_zeroed", "macs_after", "model_size_bytes", "compressed_bytes",
+                   "latency_ms", "latency_p10_ms", "latency_p90_ms", "peak_rss_mb")
+# A variant row's figures from its measurement (smallest batch size of the latest run).
+MEASURED = ("latency_ms", "latency_p10_ms", "latency_p90_ms", "round_spread", "peak_rss_mb", "batch_size",
+            "threads", "node_host", "cpu_model", "cpu_arch", "cpus", "load_avg")
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,7 @@ class Configuration:
     rate: float
     kind: str
     trials: tuple[dict[str, Any], ...]
+    metrics: tuple[str, ...] = METRICS  # the figures averaged over the seeds
 
     @property
     def seeds(self) -> list[int]:
@@ -65,11 +83,11 @@ class Configuration:
         """A trial-like row with each figure's mean over the seeds, for tables, the Pareto
         front and `recommend`; `spread` holds each figure's Estimate, `n` the seeds."""
         first = self.trials[0]
-        spread = {m: e for m in METRICS if (e := self.estimate(m)) is not None}
+        spread = {m: e for m in self.metrics if (e := self.estimate(m)) is not None}
         hosts = {t.get("worker_host") for t in self.trials}
-        return {**{k: v for k, v in first.items() if k not in METRICS},
+        return {**{k: v for k, v in first.items() if k not in self.metrics},
                 **{m: e.mean for m, e in spread.items()},
-                **{m: None for m in METRICS if m not in spread},
+                **{m: None for m in self.metrics if m not in spread},
                 "key": first["key"], "keys": [t["key"] for t in self.trials], "seed": None,
                 "seeds": self.seeds, "n": len(self.trials), "spread": spread,
                 "worker_host": hosts.pop() if len(hosts) == 1 else "several",
@@ -101,6 +119,8 @@ class SweepResults:
     other_sweeps: list[str] = field(default_factory=list)
     # The sweep's lock row (sweep_service.coordinator.lock), if a coordinator holds it.
     lock: dict[str, Any] | None = None
+    # A row per made variant of a completed trial (variant_rows), empty for sweeps without.
+    variants: list[dict[str, Any]] = field(default_factory=list)
 
     @cached_property
     def config(self) -> dict[str, Any]:
@@ -316,6 +336,93 @@ class SweepResults:
         return sorted(out, key=_accuracy_then_small, reverse=True)
 
 
+    @cached_property
+    def unstructured_pruners(self) -> set[str]:
+        """Pruners whose trials zeroed weights instead of removing parameters."""
+        return {t["pruner"] for t in self.completed if t.get("structure") == "unstructured"}
+
+    @cached_property
+    def variant_configurations(self) -> dict[tuple[str, str, float, str], Configuration]:
+        """The variants grouped by (model, pruner, rate, format), in grid order, formats in
+        the order fp32, fp16, int8."""
+        groups: dict[tuple[str, str, float, str], list[dict[str, Any]]] = {}
+        for v in self.variants:
+            groups.setdefault((v["model"], v["pruner"], v["rate"], v["format"]), []).append(v)
+        order = {k[:3]: i for i, k in enumerate(self.configurations)}
+        keys = sorted(groups, key=lambda k: (order.get(k[:3], len(order)), _format_order(k[3])))
+        return {k: Configuration(*k[:3], kind=groups[k][0]["kind"], metrics=VARIANT_METRICS,
+                                 trials=tuple(sorted(groups[k], key=lambda v: v["seed"] or 0)))
+                for k in keys}
+
+    @cached_property
+    def variant_summaries(self) -> list[dict[str, Any]]:
+        """A row per variant configuration (Configuration.row: means over the seeds)."""
+        return [c.row() for c in self.variant_configurations.values()]
+
+    @cached_property
+    def measuring_nodes(self) -> list[str]:
+        """Each node that measured variants, described once (host, CPU, CPUs, architecture)."""
+        return list(dict.fromkeys(measured_on(v) for v in self.variants if v.get("node_host")))
+
+    def variant_pareto_set(self) -> list[dict[str, Any]]:
+        """Variant configurations on the accuracy front of their size or their latency,
+        across prune x quantize; each row gains `fronts`. Best accuracy first."""
+        fronts: dict[str, list[str]] = {}
+        rows: dict[str, dict[str, Any]] = {}
+        for cost in VARIANT_COSTS:
+            for v in pareto_front(self.variant_summaries, cost):
+                rows[v["key"]] = v
+                fronts.setdefault(v["key"], []).append(VARIANT_COST_NAMES[cost])
+        return sorted(({**rows[k], "fronts": fronts[k]} for k in rows), key=_accuracy_then_small, reverse=True)
+
+
+def variant_rows(trials: list[dict[str, Any]], variants: list[dict[str, Any]],
+                 measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A row per made variant of a completed trial: the trial's figures, with the variant's
+    own accuracy, file size (as `model_size_bytes`, so that size limits and charts read it
+    like a trial's) and file path, its latency and peak memory at the smallest batch size of
+    `measurements` (one run), and the node that measured them; `vs_fp32_*` compare it with
+    its trial's fp32 variant (accuracy in points, latency as a ratio, same node and run),
+    `accuracy_drop` with the fp32 variant of its model's baseline of the same seed."""
+    # A trial an adaptive search stopped early is no candidate, nor are its variants.
+    completed = {t["key"]: t for t in trials if t["status"] == COMPLETED and is_full_budget(t)}
+    smallest = min((m["batch_size"] for m in measurements), default=None)
+    measured = {m["variant_id"]: m for m in measurements if m["batch_size"] == smallest}
+    rows = []
+    for v in variants:
+        trial = completed.get(v["trial_key"])
+        if trial is None or v["error"] or v["accuracy"] is None:
+            continue
+        m = measured.get(v["id"], {})
+        rows.append({**trial, **{k: m.get(k) for k in MEASURED}, "trial_key": trial["key"],
+                     "key": f"{trial['key']}.{v['format']}", "format": v["format"], "runtime": v["runtime"],
+                     "path": v["path"], "accuracy": v["accuracy"], "trial_accuracy": trial["accuracy"],
+                     "model_size_bytes": v["size_bytes"], "compressed_bytes": v["compressed_bytes"],
+                     "variant_id": v["id"]})
+    fp32 = {r["trial_key"]: r for r in rows if r["format"] == "fp32"}
+    base = {(r["model"], r["seed"]): r for r in fp32.values() if r["kind"] == BASELINE}
+    for r in rows:
+        ref, unpruned = fp32.get(r["trial_key"]), base.get((r["model"], r["seed"]))
+        r["vs_fp32_accuracy"] = r["accuracy"] - ref["accuracy"] if ref else None
+        r["vs_fp32_latency"] = (r["latency_ms"] / ref["latency_ms"] if ref and r["latency_ms"] is not None
+                                and ref["latency_ms"] else None)
+        r["accuracy_drop"] = unpruned["accuracy"] - r["accuracy"] if unpruned else None
+    return rows
+
+
+def measured_on(row: dict[str, Any]) -> str:
+    """The node that measured a variant row: 'HOST (CPU model, N CPUs, arch)'."""
+    if not row.get("node_host"):
+        return "not measured"
+    cpus = f", {row['cpus']:g} CPUs" if row.get("cpus") is not None else ""
+    arch = f", {row['cpu_arch']}" if row.get("cpu_arch") else ""
+    return f"{row['node_host']} ({row.get('cpu_model') or 'unknown CPU'}{cpus}{arch})"
+
+
+def _format_order(name: str) -> int:
+    return FORMATS.index(name) if name in FORMATS else len(FORMATS)
+
+
 def is_full_budget(trial: dict[str, Any]) -> bool:
     """Whether a trial's result is of its whole fine-tune (rows written before budgets were
     recorded have none: they ran in full)."""
@@ -346,9 +453,10 @@ def load_results(db_path: str | Path, sweep_id: str | None = None) -> SweepResul
         trials = store.trials(sweep["sweep_id"])
         others = [s["sweep_id"] for s in store.sweeps() if s["sweep_id"] != sweep["sweep_id"]]
         lock = store.lock_holder(sweep["sweep_id"])
-    return SweepResults(sweep=sweep, trials=_with_drops(_with_seeds(trials)),
-                        dataset_label=describe(sweep["dataset"]),
-                        other_sweeps=others, lock=lock)
+        made, measured = store.variants(sweep["sweep_id"]), store.measurements(sweep["sweep_id"])
+    trials = _with_drops(_with_seeds(trials))
+    return SweepResults(sweep=sweep, trials=trials, dataset_label=describe(sweep["dataset"]),
+                        other_sweeps=others, lock=lock, variants=variant_rows(trials, made, measured))
 
 
 def _with_seeds(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -396,6 +504,6 @@ def _ordered(preferred: list[str], seen) -> list[str]:
 
 
 def trial_label(t: dict[str, Any]) -> str:
-    if t["kind"] == BASELINE:
-        return f"{t['model']} baseline"
-    return f"{t['model']} {t['pruner']} {fmt.rate(t['rate'])}"
+    """'resnet18 l1norm 30%', 'resnet18 baseline'; a variant's row adds its format: '... int8'."""
+    label = f"{t['model']} baseline" if t["kind"] == BASELINE else f"{t['model']} {t['pruner']} {fmt.rate(t['rate'])}"
+    return f"{label} {t['format']}" if t.get("format") else label

@@ -147,17 +147,29 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
-def usable_cpus() -> float:
+def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> float:
     """CPUs this process may use: its CPU affinity, capped by a cgroup CPU quota (a
-    container's `cpus:` limit)."""
+    container's `cpus:` limit), read from cgroup v2 or, on hosts that still run it, v1."""
     count = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    quota = _cpu_quota(cgroup_root)
+    return min(count, quota) if quota else count
+
+
+def _cpu_quota(root: Path) -> float | None:
+    """The cgroup's CPU quota in CPUs, or None if it has none."""
     try:  # cgroup v2: "<quota> <period>" or "max <period>"
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            count = min(count, int(quota) / int(period))
+        quota, period = (root / "cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
-    return count
+    for folder in ("cpu", "cpu,cpuacct"):  # cgroup v1: a quota of -1 means none
+        try:
+            quota = int((root / folder / "cpu.cfs_quota_us").read_text())
+            period = int((root / folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return quota / period if quota > 0 and period > 0 else None
+    return None
 
 
 def measure_on_node(models: dict[str, bytes], protocol: dict[str, Any], parallel: int = 1) -> dict[str, Any]:

@@ -5,11 +5,13 @@
 - `docker compose up --exit-code-from ray-head` with a bad or missing SWEEP_CONFIG prints
   the coordinator's (or the entrypoint's) message and exits non-zero within a minute; the
   report page says that the last sweep failed, and why.
-- A sweep on a head and two workers survives, in turn: the head killed and `up` run again
-  at once (both workers, still running, rejoin the new head), a worker killed while it runs
+- A sweep on a head, two workers and the `edge` node of the compose profile `edge` (1 CPU,
+  limited memory, no CPU for trials) survives, in turn: the head killed and `up` run again
+  at once (the workers, still running, rejoin the new head), a worker killed while it runs
   a trial (the trial is retried on the other), and `docker compose stop` (the sweep is left
   interrupted). The README's `up` then finishes it: every trial recorded exactly once, none
-  completed twice, results and report on the host and served.
+  completed twice, every variant measured on the edge node and every measurement row naming
+  it, results and report on the host and served.
 
     pytest -m docker tests/e2e/test_compose.py -s
 
@@ -50,6 +52,8 @@ SMOKE_CONFIG = REPO / "configs" / "docker-smoke.yaml"
 SWEEP_RATES = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 WORKERS = 2
 SWEEP_TIMEOUT_S = 15 * 60
+# The `edge` node of compose.yaml's profile `edge`: what it is limited to.
+EDGE_CPUS, EDGE_MEMORY = 1, 4 * 2**30
 # docs/docker.md's command: runs the sweep and exits with the coordinator's status.
 README_UP = ("up", "--exit-code-from", "ray-head")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -176,7 +180,8 @@ def write_configs(folder: Path) -> None:
     the config schema refuses."""
     folder.mkdir()
     config = yaml.safe_load(SMOKE_CONFIG.read_text())
-    (folder / "sweep.yaml").write_text(yaml.safe_dump({**config, "name": "e2e", "rates": SWEEP_RATES}))
+    (folder / "sweep.yaml").write_text(yaml.safe_dump({**config, "name": "e2e", "rates": SWEEP_RATES,
+                                                       "measure": {"on": "edge"}}))
     (folder / "bad.yaml").write_text(yaml.safe_dump({**config, "rates": [0.3, 1.5]}))
 
 
@@ -294,7 +299,8 @@ class Project:
 
     def down(self) -> None:
         # The report service is in a profile: name it, or `down` leaves it running.
-        self("down", "-v", "--remove-orphans", "--timeout", "10", check=False, timeout=300, COMPOSE_PROFILES="report")
+        self("down", "-v", "--remove-orphans", "--timeout", "10", check=False, timeout=300,
+             COMPOSE_PROFILES="report,edge")
 
 
 @contextmanager
@@ -380,6 +386,7 @@ def test_up_with_a_bad_config_prints_why_and_fails_within_a_minute(compose, clie
 
 def test_a_sweep_survives_a_lost_head_a_lost_worker_and_a_stop(compose, client, sweep_image, tmp_path):
     with compose_project(compose, client, tmp_path, "configs/sweep.yaml") as project:
+        project.env["COMPOSE_PROFILES"] = "edge"  # every `up` starts the edge node too
         db = project.results / "sweep.db"
         n_trials = expected_trials(tmp_path / "configs" / "sweep.yaml")
         project("up", "-d", "report")
@@ -390,6 +397,9 @@ def test_a_sweep_survives_a_lost_head_a_lost_worker_and_a_stop(compose, client, 
         head = project.container("ray-head")
         workers = {c.attrs["Config"]["Hostname"]: c for c in project.containers("ray-worker")}
         assert len(workers) == WORKERS
+        edge = project.container("edge")
+        limits = edge.attrs["HostConfig"]
+        assert (limits["NanoCpus"], limits["Memory"]) == (EDGE_CPUS * 10**9, EDGE_MEMORY), limits
 
         def trials():
             rows = project.query(head, TRIALS_SQL)
@@ -490,7 +500,22 @@ def test_a_sweep_survives_a_lost_head_a_lost_worker_and_a_stop(compose, client, 
         assert ran_on <= set(workers) and len(ran_on) == WORKERS, f"trials ran on {ran_on}, workers are {set(workers)}"
         assert {r["allocator"] for r in rows} == {"tcmalloc"}  # the image's workers preload it
 
-        # 7. The report reaches the host and is served (docker-compose 1.29's `up
+        # 7. The measurement stage ran on the edge node alone: a finished run asked for `edge`,
+        #    every variant has a row, and every row names the edge node and its one CPU.
+        runs = project.query_stored("SELECT status, \"on\", variants, seconds FROM measurement_runs")
+        assert runs and runs[-1]["status"] == "finished" and runs[-1]["on"] == "edge", runs
+        measured = project.query_stored(
+            "SELECT v.format, m.node_host, m.cpus, m.cpu_model, m.latency_ms FROM measurements m "
+            "JOIN variants v ON v.id = m.variant_id "
+            "WHERE m.run_id = (SELECT max(id) FROM measurement_runs WHERE status = 'finished')")
+        print(f"measurement stage: {runs[-1]['variants']} variants in {runs[-1]['seconds']:.1f} s on "
+              f"{measured[0]['node_host']} ({measured[0]['cpu_model']}, {measured[0]['cpus']:g} CPUs)")
+        assert len(measured) == n_trials == runs[-1]["variants"]
+        hosts = {(m["node_host"], m["cpus"]) for m in measured}
+        assert hosts == {(edge.attrs["Config"]["Hostname"], float(EDGE_CPUS))}, hosts
+        assert all(m["latency_ms"] > 0 for m in measured)
+
+        # 8. The report reaches the host and is served (docker-compose 1.29's `up
         #    --exit-code-from` stops every service, the report's too: start it again).
         project("up", "-d", "report")
         report_dir = project.results / "report"
@@ -502,7 +527,7 @@ def test_a_sweep_survives_a_lost_head_a_lost_worker_and_a_stop(compose, client, 
         code, png = http_get(project.report_url + linked[0])
         assert code == 200 and png.startswith(b"\x89PNG\r\n\x1a\n"), f"{linked[0]} is not a PNG"
 
-        # 8. `down` removes the containers but leaves the results on the host.
+        # 9. `down` removes the containers but leaves the results on the host.
         project.down()
         assert not project.containers()
     assert db.is_file() and (project.results / "report" / "index.html").is_file()
