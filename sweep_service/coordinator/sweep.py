@@ -347,7 +347,7 @@ class Dispatcher:
                     self.checkpoints[task.key] = self.ray.put(artifact)
         if output.variants:
             try:
-                save_variants(self.store, self.sweep_id, task, output.variants, self.models_dir)
+                save_variants(self.store, self.sweep_id, spec, output.variants, self.models_dir)
             except OSError as exc:
                 result.update(status=FAILED, error=f"saving the variants in {self.models_dir} failed: "
                                                    f"{exc.strerror or exc}; free space there, or set "
