@@ -74,7 +74,7 @@ def full_results(results: SweepResults) -> list[dict]:
 
 
 def above_floor(trials: list[dict], results: SweepResults) -> list[dict]:
-    floors = {m: results.baseline(m)["accuracy"] - MAX_DROP for m in results.models}
+    floors = {m: results.baseline(m).estimate("accuracy").mean - MAX_DROP for m in results.models}
     return [t for t in trials if t["accuracy"] >= floors[t["model"]]]
 
 
