@@ -93,7 +93,7 @@ def test_report_shows_intervals_pairwise_comparisons_and_provenance(smoke_three_
     page = parse_page(html)
     best = page.tables["best-table"]
     assert [row[0] for row in best] == list(MODELS)
-    assert all(" ± " in row[3] and row[3].endswith("%") for row in best)  # accuracy: mean ± half-width
+    assert all(" ± " in row[4] and row[4].endswith("%") for row in best)  # accuracy: mean ± half-width
     for model in MODELS:
         pairs = page.tables[f"pairwise-table-{model}"]
         assert len(pairs) == len(RATES) * 3  # three pairs of pruners at each rate

@@ -69,7 +69,7 @@ window.addEventListener("load", function () {
     pairwiseBox: {top: pairwise.top + window.scrollY, bottom: pairwise.bottom + window.scrollY,
                   left: pairwise.left, right: pairwise.right},
     bestAccuracies: Array.prototype.map.call(best.tBodies[0].rows, function (row) {
-      return row.cells[3].textContent.trim();
+      return row.cells[4].textContent.trim();
     }),
     spreadNote: document.getElementById("spread-note").textContent
   });

@@ -345,7 +345,7 @@ class Dispatcher:
                 result["artifact_path"] = str(path)
                 if task.kind == BASELINE:
                     self.checkpoints[task.key] = self.ray.put(artifact)
-        if output.variants:
+        if output.variants and result["status"] == COMPLETED:  # a trial whose model was not saved ships nothing
             try:
                 save_variants(self.store, self.sweep_id, spec, output.variants, self.models_dir)
             except OSError as exc:
