@@ -126,19 +126,19 @@ def _table(trials: list[dict[str, Any]], extra: Column | None = None, *, summary
              "pruning": fmt.pruning(t)}
         if t["kind"] == BASELINE:
             t["pruner"] = "baseline"
-        cells = []
-        for c in columns:
-            value, estimate = t.get(c.key), spread.get(c.key)
-            if value is None:
-                text = "-"
-            elif c.show_pm and estimate is not None and estimate.measured:
-                text = c.show_pm(estimate.mean, estimate.half_width)
-            else:
-                text = c.show(value)
-            cells.append(_cell(value, text, c.minor))
+        cells = [_cell(t.get(c.key), _text(c, t.get(c.key), spread.get(c.key)), c.minor) for c in columns]
         short = t.get("status") == COMPLETED and not is_full_budget(t)
         rows.append(dict(cells=cells, key=t["key"], status=t["status"], kind=t["kind"] + (" short" if short else "")))
     return dict(columns=columns, rows=rows)
+
+
+def _text(column: Column, value: Any, estimate: Estimate | None) -> str:
+    """A cell's text: "-" for no value; mean ± half-width where the seeds measured a spread."""
+    if value is None:
+        return "-"
+    if column.show_pm and estimate is not None and estimate.measured:
+        return column.show_pm(estimate.mean, estimate.half_width)
+    return column.show(value)
 
 
 def _variant_table(results: SweepResults, rows: list[dict[str, Any]], out_dir: Path, *,
@@ -177,15 +177,8 @@ def _variant_table(results: SweepResults, rows: list[dict[str, Any]], out_dir: P
         spread = v.get("spread") or {}
         cells = []
         for c in columns:
-            value, estimate = v.get(c.key), spread.get(c.key)
-            if value is None:
-                text = "-"
-            elif c.show_pm and estimate is not None and estimate.measured:
-                text = c.show_pm(estimate.mean, estimate.half_width)
-            else:
-                text = c.show(value)
             href = _relative_link(Path(v["path"]), out_dir) if c.key == "file" and v.get("path") else None
-            cells.append(_cell(value, text, False, href))
+            cells.append(_cell(v.get(c.key), _text(c, v.get(c.key), spread.get(c.key)), False, href))
         out.append(dict(cells=cells, key=v["key"], status=v["status"], kind=v["kind"]))
     return dict(columns=columns, rows=out)
 
