@@ -8,8 +8,12 @@ structure (accuracy falls as the rate rises; cost falls with it):
 - **Stop a line early.** A line is one (model, pruner, seed)'s rates, run low to high: a
   rate starts once the rate below it has a result that is not under the floor. The first
   rate whose full fine-tune ends under the floor stops the line, and its higher rates are
-  skipped. (A short-budget accuracy is no measure of a full fine-tune's: a trial stopped at
-  a rung, like a failed one, lets the next rate go.) The floor is `min_accuracy`, or the
+  skipped. A rung's accuracy is no measure of a full fine-tune's, but it bounds one: once
+  MIN_RECOVERIES trials have continued past a rung, the most any of them won back of its
+  error there (the smallest ratio of its final error to its rung error) is taken as the
+  best a trial stopped at that rung could do. A trial still under the floor after that
+  much recovery stops at the rung and ends its line as a full fine-tune would. Any other
+  trial stopped at a rung, like a failed one, lets the next rate go. The floor is `min_accuracy`, or the
   line's baseline accuracy minus `max_drop` (with both, the higher), and an accuracy is
   under it only when lower by more than NOISE_Z of its standard errors, as a measurement
   within noise of the floor cannot be told from one on it. Without a floor, or with one
@@ -49,6 +53,12 @@ if TYPE_CHECKING:
 CHANCE = 1 / NUM_CLASSES
 # Two standard errors: a one-sided test at about 2 %, to be confident a stop is not noise.
 NOISE_Z = 2.0
+# Trials continued past a rung before their recovery bounds the others': with fewer, the
+# smallest ratio seen is too likely to overstate how little a fine-tune can win back.
+MIN_RECOVERIES = 5
+# How a stop because of the floor is told from a stop below the front when a search is
+# rebuilt from the database: the former ends its line, the latter does not.
+CANNOT_CLEAR = "cannot clear the floor"
 COSTS = {"params": "params_after", "macs": "macs_after"}
 COST_WORDS = {"params": "parameters", "macs": "MACs"}
 
@@ -131,6 +141,7 @@ class _Trial:
     skipped: bool = False  # by this search: its line stopped below it
     recorded_skip: str | None = None  # the reason the database holds it skipped for, if it does
     refined: bool = False  # added by `refine`: not held back by its line
+    ends_line: bool = False  # stopped at a rung because it cannot clear the floor
 
     @property
     def latest(self) -> Rung | None:
@@ -190,6 +201,7 @@ class AdaptiveSearch:
         for record in self.history.get(spec.key, []):
             budget = _budget_key(record["budget"])
             decisions[budget] = record.get("decision")
+            trial.ends_line |= record.get("decision") == STOP and (record.get("reason") or "").startswith(CANNOT_CLEAR)
             if record.get("accuracy") is not None:
                 trial.rungs[budget] = Rung(record["budget"], record["accuracy"], record.get(self.cost),
                                            bool(record.get("checkpoint_path")))
@@ -285,16 +297,45 @@ class AdaptiveSearch:
             pass
 
     def _stop_dominated(self) -> bool:
+        """Stop the waiting trials that cannot clear the floor or are below the front."""
         changed = False
         for trial in self.trials.values():
             if trial.state != WAITING:
                 continue
-            reason = self._dominated(trial)
+            floor = self._cannot_clear(trial)
+            reason = floor or self._dominated(trial)
             if reason:
                 trial.state, trial.accuracy, trial.budget = FINAL, trial.latest.accuracy, trial.latest.budget
+                trial.ends_line = floor is not None
                 self._decisions.append(Decision(STOP, trial.spec, trial.latest.budget, reason))
                 changed = True
         return changed
+
+    def recovery(self, budget: float) -> tuple[float, int] | None:
+        """The most of its error at `budget` that a trial won back by training in full, as the
+        smallest ratio of final to rung error over the trials continued past that rung, and
+        how many they are; None while fewer than MIN_RECOVERIES."""
+        at = _budget_key(budget)
+        ratios = [(1 - t.accuracy) / (1 - t.rungs[at].accuracy) for t in self.trials.values()
+                  if t.state == FINAL and t.budget >= 1.0 and t.accuracy is not None and at in t.rungs
+                  and t.rungs[at].accuracy < 1.0]
+        return (min(ratios), len(ratios)) if len(ratios) >= MIN_RECOVERIES else None
+
+    def _cannot_clear(self, trial: _Trial) -> str | None:
+        """Why `trial` would stay under its floor even if the rest of its fine-tune won back
+        as much of its error as any trial has, or None if it might clear it."""
+        mine = trial.latest
+        bound = self.recovery(mine.budget)
+        if bound is None:
+            return None
+        ratio, count = bound
+        best = 1 - ratio * (1 - mine.accuracy)
+        under = self.under_floor(trial.spec, best)
+        if under is None:
+            return None
+        return (f"{CANNOT_CLEAR} after {mine.budget:.0%} of the fine-tune: {mine.accuracy:.1%}, and at most "
+                f"{best:.1%} if it won back {1 - ratio:.0%} of its error, the most any of the {count} trials "
+                f"continued past that rung did; {under}")
 
     def _dominated(self, trial: _Trial) -> str | None:
         """Why `trial` cannot reach the front at its latest rung, or None if it may."""
@@ -358,11 +399,14 @@ class AdaptiveSearch:
     def _released(self, line: _Line) -> list[_Trial]:
         """The line's trials that may start: every rate up to the first whose result is not
         known to be clear of the floor. A rung's accuracy clear of it is enough (more
-        fine-tuning rarely loses accuracy); only a full fine-tune's under it stops the line.
-        A trial that failed, or stopped at a rung, tells nothing of that: the next rate goes."""
+        fine-tuning rarely loses accuracy); a full fine-tune's under it, or a rung's that
+        cannot clear it, stops the line. A trial that failed, or stopped at a rung below the
+        front, tells nothing of that: the next rate goes."""
         released = []
         for trial in line.trials:
             released.append(trial)
+            if trial.ends_line:
+                break
             if trial.state == FAILED or trial.state == FINAL and (trial.budget < 1.0 or trial.accuracy is None):
                 continue
             accuracy = trial.known_accuracy
@@ -376,12 +420,15 @@ class AdaptiveSearch:
         for line in self.lines.values():
             released = self._released(line)
             last = released[-1]
-            if last.state != FINAL or last.budget < 1.0 or last.accuracy is None:
+            if last.ends_line:
+                reason = (f"line stopped: {last.spec.label} reached {last.accuracy:.1%} after {last.budget:.0%} "
+                          f"of its fine-tune and {CANNOT_CLEAR}")
+            elif last.state != FINAL or last.budget < 1.0 or last.accuracy is None:
                 continue
-            under = self.under_floor(last.spec, last.accuracy)
-            if not under:
+            elif under := self.under_floor(last.spec, last.accuracy):
+                reason = f"line stopped: {last.spec.label} reached {last.accuracy:.1%}, {under}"
+            else:
                 continue
-            reason = f"line stopped: {last.spec.label} reached {last.accuracy:.1%}, {under}"
             for trial in line.trials[len(released):]:
                 if trial.state == NEW and not trial.running and not trial.skipped:
                     trial.skipped = True
