@@ -7,12 +7,14 @@ import os
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from sweep_service.report import status as sweep_status
+from sweep_service.report.page import _relative_link
 from sweep_service.report.serve import make_server
 from sweep_service.report.status import FAILED, FINISHED, INTERRUPTED, RUNNING, SweepStatus, read_status
 
@@ -117,6 +119,21 @@ def test_no_directory_listing_no_stock_404_no_hidden_files(report_dir, get):
         assert b"a.png" not in body and b"Directory listing" not in body and b"No such file in the report" in body
     assert get("/charts/a.png")[0] == 200
     assert get("/", method="HEAD")[0] == 200
+
+
+def test_the_onnx_files_the_report_links_are_served_from_the_models_folder_beside_it(report_dir, get):
+    models = report_dir.parent / "models"
+    models.mkdir()
+    (models / "resnet18-l1norm-30-int8.onnx").write_bytes(b"onnx bytes")
+    (report_dir.parent / "sweep.db").write_bytes(b"not served")
+    link = _relative_link(models / "resnet18-l1norm-30-int8.onnx", report_dir)
+    assert link == "../models/resnet18-l1norm-30-int8.onnx"
+    # What a browser asks for when it follows that link from the report at the site's root.
+    path = urllib.parse.urlsplit(urllib.parse.urljoin("http://h/", link)).path
+    code, _, body = get(path)
+    assert (code, body) == (200, b"onnx bytes")
+    for outside in ("/models/../sweep.db", "/models/%2e%2e/sweep.db", "/sweep.db", "/models/", "/models"):
+        assert get(outside)[0] == 404, outside
 
 
 def test_status_fields_and_unreadable_files(report_dir):

@@ -3,10 +3,14 @@
     python -m sweep_service.report.serve results/report --port 8080
 
 Serves a report folder read-only, with `Cache-Control: no-cache` (the coordinator rewrites
-the files while a sweep runs) and never a directory listing. Where the report page is not
-there yet it says why, from `status.json` (see status.py): no sweep has written here yet,
-the sweep is running, or the last sweep failed and with which error. A report left by an
-earlier sweep is shown under a banner when the sweep after it failed.
+the files while a sweep runs) and never a directory listing, and under `/models/` the
+sweep's `models` folder beside it (output_dir/models), which the report links its `.onnx`
+files in as `../models/...` (from the site's root a browser asks for `/models/...`).
+
+Where the report page is not there yet it says why, from `status.json` (see status.py): no
+sweep has written here yet, the sweep is running, or the last sweep failed and with which
+error. A report left by an earlier sweep is shown under a banner when the sweep after it
+failed.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from pathlib import Path
 from sweep_service.report.status import FAILED, INTERRUPTED, RUNNING, SweepStatus, read_status
 
 INDEX = "index.html"
+MODELS = "models"
 REFRESH_S = 15
 
 
@@ -85,7 +90,8 @@ def with_banner(page: bytes, banner: bytes) -> bytes:
 
 
 class ReportHandler(SimpleHTTPRequestHandler):
-    """GET and HEAD of files in the report folder; `/` is its index.html or a status page."""
+    """GET and HEAD of files in the report folder and of the models beside it; `/` is the
+    report's index.html or a status page."""
 
     server_version = "sweep-report"
 
@@ -101,6 +107,12 @@ class ReportHandler(SimpleHTTPRequestHandler):
         if not Path(self.translate_path(self.path)).is_file():  # no directory listing, no stock 404
             return self._not_found()
         return super().send_head()
+
+    def translate_path(self, path: str) -> str:
+        parts = posixpath.normpath(urllib.parse.unquote(urllib.parse.urlsplit(path).path)).strip("/").split("/")
+        if parts[0] == MODELS and len(parts) > 1:  # normpath has removed every `..`
+            return str(Path(self.directory).parent.joinpath(MODELS, *parts[1:]))
+        return super().translate_path(path)
 
     def _index(self):
         report_dir = Path(self.directory)
