@@ -14,7 +14,9 @@ raises, and the coordinator retries the trial).
 
 In an adaptive sweep a pruned trial may stop part-way through its fine-tune (`stop_at`)
 and send back a rung checkpoint, from which a later task, on any worker, continues it
-(`resume_from`) to exactly the weights of an uninterrupted run.
+(`resume_from`) to exactly the weights of an uninterrupted run. It exports no variants at
+a rung: most such trials go on, and one that stops there gets them from its saved model
+with the sweep's other missing variants.
 
 Workers are reused across trials, so the data set and the imports are kept per process.
 """
@@ -226,11 +228,14 @@ def run_trial(spec: TrialSpec, baseline_checkpoint: Checkpoint | None = None,
             ), saved
 
         figures, artifact = phases.run("measure", measure)
-        calibration_batches = datasets.TensorBatches(train_set, batch_size=spec.batch_size,
-                                                     image_size=spec.image_size,
-                                                     max_batches=spec.calibration_batches)
-        variants = phases.run("export", make_variants, model, spec.quantize, image_size=spec.image_size,
-                              calibration=calibration_batches, test_batches=test_batches, threads=threads)
+        # A rung's model ships only if the search stops the trial there, which is decided
+        # later: its variants are then made from the saved model, after the trials.
+        if rung_checkpoint is None:
+            calibration_batches = datasets.TensorBatches(train_set, batch_size=spec.batch_size,
+                                                         image_size=spec.image_size,
+                                                         max_batches=spec.calibration_batches)
+            variants = phases.run("export", make_variants, model, spec.quantize, image_size=spec.image_size,
+                                  calibration=calibration_batches, test_batches=test_batches, threads=threads)
         result.update(figures, accuracy=accuracy, status=COMPLETED)
     except Exception as exc:
         tail = "".join(traceback.format_exception(exc)[-3:]).strip()
