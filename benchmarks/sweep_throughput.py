@@ -56,6 +56,9 @@ FULL_GRID = dict(
     train_subset=10_000, test_subset=2_000, seed=0,
     optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
     resources={"cpus": 1, "gpus": 0}, compute="auto",
+    # NNI's per-layer masks, as plain_reference.py forms them, so that each accuracy pair
+    # prunes the same channels (the default, dependency, prunes coupled layers together).
+    grouping="layer",
 )
 # One model and one rate (the seed-noise measurement's, benchmarks/seed_noise.py) on fewer images.
 QUICK_GRID = {**FULL_GRID, "name": "benchmark-quick", "models": ["resnet18"], "rates": [0.5],
