@@ -189,8 +189,9 @@ def test_local_ray_cluster_gives_trial_processes_their_setup(monkeypatch):
     """Through Ray's runtime environment alone, the local cluster's worker processes run on
     tcmalloc where the machine has it (sweep_service.worker.heap), import what trials need as they
     start (the setup hook), and find the plugins folder; stopping it leaves no process."""
-    from sweep_service.coordinator.cluster import start_ray
+    from sweep_service.coordinator.cluster import NO_TRIAL_RUNTIME_ENV, start_ray
     from sweep_service.worker import heap
+    from sweep_service.worker.progress import TrialPhases
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     before = set(psutil.Process().children(recursive=True))
@@ -202,13 +203,22 @@ def test_local_ray_cluster_gives_trial_processes_their_setup(monkeypatch):
 
             imported = [m for m in ("torchvision.models", "nni.compression.speedup", "sweep_service.worker.trial")
                         if m in sys.modules]
-            return heap.allocator(), imported, os.environ.get("SWEEP_PLUGINS_DIR")
+            return heap.allocator(), imported, os.environ.get("SWEEP_PLUGINS_DIR"), os.getpid()
 
-        allocator, imported, plugins = ray.get(worker_state.remote())
+        allocator, imported, plugins, trial_pid = ray.get(worker_state.remote())
         assert allocator == ("tcmalloc" if heap.allocator_env({}) else "glibc")
         assert imported == ["torchvision.models", "nni.compression.speedup", "sweep_service.worker.trial"]
         assert plugins == str(REPO / "pruner_plugins")
         assert heap.allocator() != "tcmalloc"  # the coordinator keeps its own allocator
+
+        # The progress actor runs no trial: its process maps no torch library.
+        phases = ray.remote(TrialPhases).options(num_cpus=0, runtime_env=NO_TRIAL_RUNTIME_ENV).remote()
+        assert ray.get(phases.phase.remote("t")) is None
+        actor = next(p for p in psutil.Process().children(recursive=True)
+                     if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::TrialPhases"))
+        assert "libtorch" not in Path(f"/proc/{actor.pid}/maps").read_text()
+        assert "libtorch" in Path(f"/proc/{trial_pid}/maps").read_text()
+        assert actor.memory_info().rss < psutil.Process(trial_pid).memory_info().rss / 2
         cluster = [p for p in psutil.Process().children(recursive=True) if p not in before]
     finally:
         ray.shutdown()

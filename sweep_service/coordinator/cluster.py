@@ -13,9 +13,13 @@ import os
 from sweep_service.coordinator.scheduler import node_slots
 from sweep_service.plugins import plugins_dir
 from sweep_service.worker import heap
+from sweep_service.worker.setup import NO_TRIALS_ENV
 
 # Run by Ray in each worker process as it starts (runtime_env's worker_process_setup_hook).
 WORKER_SETUP_HOOK = "sweep_service.worker.setup.prepare_process"
+# The runtime environment of an actor that runs no trial (Ray merges its env_vars into the
+# job's): the setup hook then leaves out torch, torchvision and NNI.
+NO_TRIAL_RUNTIME_ENV = {"env_vars": {NO_TRIALS_ENV: "1"}}
 
 
 def worker_runtime_env() -> dict:

@@ -32,7 +32,13 @@ from tqdm import tqdm
 from model_zoo import WeightsUnavailableError
 from model_zoo._registry import fetch_imagenet_weights
 from sweep_service.coordinator import measurement, stopping
-from sweep_service.coordinator.cluster import describe_nodes, joined_cluster, live_nodes, start_ray
+from sweep_service.coordinator.cluster import (
+    NO_TRIAL_RUNTIME_ENV,
+    describe_nodes,
+    joined_cluster,
+    live_nodes,
+    start_ray,
+)
 from sweep_service.coordinator.config import SweepConfig
 from sweep_service.coordinator.grid import expand
 from sweep_service.coordinator.lock import STALE_AFTER_S, SweepLock
@@ -211,7 +217,8 @@ class Dispatcher:
         self.probe_task = ray.remote(measure_formats).options(**resources)
         # On the coordinator's node, without CPUs: it must not take a trial's slot.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.phases = ray.remote(TrialPhases).options(num_cpus=0, scheduling_strategy=here).remote()
+        self.phases = ray.remote(TrialPhases).options(num_cpus=0, scheduling_strategy=here,
+                                                      runtime_env=NO_TRIAL_RUNTIME_ENV).remote()
         self.in_flight: dict[Any, Task] = {}  # ObjectRef -> task
         self.submitted: dict[str, float] = {}  # task key -> when it was submitted
         self.checkpoints: dict[str, Any] = {}  # baseline key -> ObjectRef of its state_dict bytes

@@ -10,13 +10,17 @@ ARM64 wheel), so where they are not installed there is nothing to prepare.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 TRIAL_STACK = ("torch", "torchvision", "nni")
+# Set (in its runtime environment's env_vars) for a process that will run no trial, such as
+# the coordinator's progress actor: it would import the trial stack for nothing (about 1 GB).
+NO_TRIALS_ENV = "SWEEP_NO_TRIALS"
 
 
 def prepare_process() -> float:
     """Prepare this process for trials if it can run them; returns the seconds it took."""
-    if not all(importlib.util.find_spec(name) for name in TRIAL_STACK):
+    if os.environ.get(NO_TRIALS_ENV) or not all(importlib.util.find_spec(name) for name in TRIAL_STACK):
         return 0.0
     from sweep_service.worker.trial import prepare_process as prepare_for_trials
 
