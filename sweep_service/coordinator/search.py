@@ -13,10 +13,11 @@ structure (accuracy falls as the rate rises; cost falls with it):
   error there (the smallest ratio of its final error to its rung error) is taken as the
   best a trial stopped at that rung could do. A trial still under the floor after that
   much recovery stops at the rung and ends its line as a full fine-tune would. Any other
-  trial stopped at a rung, like a failed one, lets the next rate go. The floor is `min_accuracy`, or the
-  line's baseline accuracy minus `max_drop` (with both, the higher), and an accuracy is
-  under it only when lower by more than NOISE_Z of its standard errors, as a measurement
-  within noise of the floor cannot be told from one on it. Without a floor, or with one
+  trial stopped at a rung, like a failed one, lets the next rate go. The floor is
+  `min_accuracy`, or the line's baseline accuracy minus `max_drop` (with both, the
+  higher), and an accuracy is under it only when lower by more than NOISE_Z of its
+  standard errors, as a measurement within noise of the floor cannot be told from one on
+  it. Without a floor, or with one
   below chance, an accuracy is under the floor while it is within NOISE_Z standard errors
   of chance (one in NUM_CLASSES): the line stops once it cannot be told from guessing.
 - **Successive halving.** Every pruned trial first fine-tunes to its first rung (a share of
