@@ -12,7 +12,7 @@ import pytest
 from sweep_service.coordinator.config import AdaptiveSettings
 from sweep_service.coordinator.rungs import RungKeeper
 from sweep_service.coordinator.scheduler import Scheduler
-from sweep_service.coordinator.search import ADD, CONTINUE, SKIP, STOP, AdaptiveSearch, RungRun
+from sweep_service.coordinator.search import ADD, CONTINUE, SKIP, STOP, STOP_LINE, AdaptiveSearch, RungRun
 from sweep_service.coordinator.store import ResultStore
 from sweep_service.spec import BASELINE, COMPLETED, FAILED, PENDING, SKIPPED, TrialSpec
 from tests.test_scheduler import grid
@@ -190,7 +190,7 @@ def _recorded(specs, continued: dict[str, tuple[float, float]], waiting: dict[st
               stopped: dict[str, str] | None = None) -> tuple[dict, dict]:
     """Rows and rung records as a database holds them: `continued` trials with (rung, full)
     accuracies, `waiting` ones with a rung accuracy and no decision yet, `stopped` ones with
-    the reason they stopped at their rung (their rung accuracy is in `waiting`)."""
+    the reason they stopped at their rung for the floor (their rung accuracy is in `waiting`)."""
     by_label = {s.label: s for s in specs}
     rows = {s.key: {"status": COMPLETED, "accuracy": 0.95, "budget": 1.0} for s in specs if s.kind == BASELINE}
     rungs = {}
@@ -202,7 +202,7 @@ def _recorded(specs, continued: dict[str, tuple[float, float]], waiting: dict[st
     for label, rung in waiting.items():
         spec, reason = by_label[label], (stopped or {}).get(label)
         rungs[spec.key] = [{"budget": 0.25, "accuracy": rung, "params_after": 1e6 * (1 - spec.rate) ** 2,
-                            "checkpoint_path": "x", "decision": STOP if reason else None, "reason": reason}]
+                            "checkpoint_path": "x", "decision": STOP_LINE if reason else None, "reason": reason}]
         if reason:
             rows[spec.key] = {"status": COMPLETED, "accuracy": rung, "budget": 0.25, "stop_reason": reason}
     return rows, rungs

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep_service.coordinator.config import SweepConfig
-from sweep_service.coordinator.search import ADD, CONTINUE, SKIP, STOP, AdaptiveSearch, Decision, RungRun
+from sweep_service.coordinator.search import ADD, CONTINUE, SKIP, STOP, STOP_LINE, AdaptiveSearch, Decision, RungRun
 from sweep_service.coordinator.store import ResultStore
 from sweep_service.dataset_info import test_set_size
 from sweep_service.files import write_atomic
@@ -75,7 +75,8 @@ class RungKeeper:
         """Record a decision; returns its log line (None for a trial an earlier run added)."""
         spec = decision.spec
         if decision.action == STOP:
-            self.store.decide_rung(self.sweep_id, spec.key, decision.budget, STOP, decision.reason)
+            self.store.decide_rung(self.sweep_id, spec.key, decision.budget, STOP_LINE if decision.ends_line else STOP,
+                                   decision.reason)
             self._drop_checkpoints(spec.key)
             return f"stop   {spec.label} at {decision.budget:.0%}: {decision.reason}"
         if decision.action == CONTINUE:

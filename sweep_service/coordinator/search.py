@@ -57,13 +57,14 @@ NOISE_Z = 2.0
 # Trials continued past a rung before their recovery bounds the others': with fewer, the
 # smallest ratio seen is too likely to overstate how little a fine-tune can win back.
 MIN_RECOVERIES = 5
-# How a stop because of the floor is told from a stop below the front when a search is
-# rebuilt from the database: the former ends its line, the latter does not.
 CANNOT_CLEAR = "cannot clear the floor"
 COSTS = {"params": "params_after", "macs": "macs_after"}
 COST_WORDS = {"params": "parameters", "macs": "MACs"}
 
 STOP, CONTINUE, SKIP, ADD = "stop", "continue", "skip", "add"
+# A rung's recorded decision when its trial stopped there because it cannot clear the floor:
+# a stop that also ends the trial's line (a stop below the front does not).
+STOP_LINE = "stop-line"
 # What the search knows of a pruned trial.
 NEW, WAITING, PROMOTED, FINAL, FAILED = "new", "waiting", "promoted", "final", "failed"
 
@@ -119,6 +120,7 @@ class Decision:
     spec: TrialSpec
     budget: float | None = None
     reason: str = ""
+    ends_line: bool = False  # a STOP because it cannot clear the floor: its line ends with it
 
 
 @dataclass
@@ -202,7 +204,7 @@ class AdaptiveSearch:
         for record in self.history.get(spec.key, []):
             budget = _budget_key(record["budget"])
             decisions[budget] = record.get("decision")
-            trial.ends_line |= record.get("decision") == STOP and (record.get("reason") or "").startswith(CANNOT_CLEAR)
+            trial.ends_line |= record.get("decision") == STOP_LINE
             if record.get("accuracy") is not None:
                 trial.rungs[budget] = Rung(record["budget"], record["accuracy"], record.get(self.cost),
                                            bool(record.get("checkpoint_path")))
@@ -308,7 +310,7 @@ class AdaptiveSearch:
             if reason:
                 trial.state, trial.accuracy, trial.budget = FINAL, trial.latest.accuracy, trial.latest.budget
                 trial.ends_line = floor is not None
-                self._decisions.append(Decision(STOP, trial.spec, trial.latest.budget, reason))
+                self._decisions.append(Decision(STOP, trial.spec, trial.latest.budget, reason, trial.ends_line))
                 changed = True
         return changed
 

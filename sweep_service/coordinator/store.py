@@ -200,7 +200,8 @@ class RungRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=utcnow)
 
 
-RUNG_STOP, RUNG_CONTINUE = "stop", "continue"
+# A rung's decisions (coordinator.search): "stop-line" is a stop that also ends its trial's line.
+RUNG_STOP, RUNG_STOP_LINE, RUNG_CONTINUE = "stop", "stop-line", "continue"
 
 
 class VariantRow(Base):
@@ -481,13 +482,13 @@ class ResultStore:
                     add_times=add_times)
 
     def decide_rung(self, sweep_id: str, key: str, budget: float, decision: str, reason: str | None = None) -> None:
-        """Record the search's decision on a trial's latest rung; on `stop`, the rung's result
-        becomes the trial's: completed, with the reason it stopped short."""
+        """Record the search's decision on a trial's latest rung; on `stop` or `stop-line`, the
+        rung's result becomes the trial's: completed, with the reason it stopped short."""
         with Session(self.engine) as s, s.begin():
             rung = s.scalars(select(RungRow).where(RungRow.sweep_id == sweep_id, RungRow.key == key,
                                                    RungRow.budget == budget)).one()
             rung.decision, rung.reason = decision, reason
-            if decision == RUNG_STOP:
+            if decision in (RUNG_STOP, RUNG_STOP_LINE):
                 row = self._row(s, sweep_id, key)
                 row.status, row.stop_reason = COMPLETED, reason
 
