@@ -172,6 +172,10 @@ def test_measuring_on_the_node_that_offers_the_edge_resource(edge_sweep, monkeyp
 
     store, sweep_id, _ = edge_sweep
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the test's cluster and the CLI alike
+    # Ray writes an object that does not fit in a node's object store (150 MiB here) to disk,
+    # and refuses once the disk is fuller than this share: at 0 it always refuses, so the
+    # stage must hand over no more than fits, whatever the disk of the machine running this.
+    monkeypatch.setenv("RAY_local_fs_capacity_threshold", "0")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     try:
         edge = cluster.add_node(num_cpus=0, resources={"edge": 1})

@@ -10,7 +10,7 @@ import torch
 
 from model_zoo import create_model
 from sweep_service.coordinator.measurement import FASTER, SAME, SLOWER, compare_latency, groups
-from sweep_service.worker.latency import measure_on_node, node_identity, summarize, usable_cpus
+from sweep_service.worker.latency import MeasuringNode, node_identity, summarize, usable_cpus
 from sweep_service.worker.variants import export_onnx, quantize_int8
 
 
@@ -56,7 +56,13 @@ def two_models() -> dict[str, bytes]:
 
 def test_protocol_runs_in_fresh_processes(two_models):
     protocol = dict(threads=1, batch_sizes=[1, 4], warmup=2, rounds=4, runs=5, image_size=32)
-    answer = measure_on_node(two_models, protocol, parallel=2)
+    node = MeasuringNode()
+    for name, data in two_models.items():
+        node.receive(name, data)
+    answer = node.measure(protocol, parallel=2)
+    assert not any(node.folder.iterdir())  # a group's files go once it is measured
+    node.close()
+    assert not node.folder.exists()
     assert set(answer["models"]) == {"fp32", "int8"} and answer["node"]["cpu_model"]
     for by_batch in answer["models"].values():
         assert set(by_batch) == {1, 4}

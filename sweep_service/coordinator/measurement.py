@@ -15,11 +15,14 @@ drift of the device's speed (another tenant, thermal throttling on a Raspberry P
 every model alike and the models are compared fairly; that needs them all at hand. The
 cost is a few seconds at the end of the sweep (docs/edge.md has the figures).
 
-The coordinator reads the saved variant files and hands their bytes to the task through
-Ray's object store, so the measuring node needs no shared filesystem. Models are measured
-in groups of whole architectures (a baseline with all its pruned variants and formats, so
-that those are always compared within one process) of at most GROUP_BYTES of files, one
-group after the other.
+The coordinator reads the saved variant files and hands their bytes to an actor on the
+measuring node (sweep_service.worker.latency.MeasuringNode) through Ray's object store, so
+that node needs no shared filesystem. It hands them one file at a time: a group's files
+together would not fit in a small node's object store, and Ray writes what does not fit to
+disk, which fails once the disk is 95 % full. Models are measured in groups of whole
+architectures (a baseline with all its pruned variants and formats, so that those are
+always compared within one process) of at most GROUP_BYTES of files, one group after the
+other.
 """
 from __future__ import annotations
 
@@ -136,7 +139,8 @@ def run_stage(ray, store: ResultStore, sweep_id: str, settings, image_size: int,
     `settings.on`. Raises MeasurementUnavailable if there is nothing to measure or nowhere."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from sweep_service.worker.latency import measure_on_node
+    from sweep_service.coordinator.cluster import NO_TRIAL_RUNTIME_ENV
+    from sweep_service.worker.latency import MeasuringNode
 
     started = time.perf_counter()
     on = on if on is not None else settings.on
@@ -148,21 +152,22 @@ def run_stage(ray, store: ResultStore, sweep_id: str, settings, image_size: int,
         raise MeasurementUnavailable(f"sweep {sweep_id} has no variant files to measure")
     node = pick_node(ray, on, wait_s=wait_s, log=log)
     cpus = node["Resources"].get("CPU", 0)
-    options: dict[str, Any] = dict(num_cpus=cpus, max_retries=0,
+    options: dict[str, Any] = dict(num_cpus=cpus, max_restarts=0, runtime_env=NO_TRIAL_RUNTIME_ENV,
                                    scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
     if on:
         options["resources"] = {on: node["Resources"][on]}
-    task = ray.remote(measure_on_node).options(**options)
     settings_used = protocol(settings, image_size)
     run_id = store.begin_measurement(sweep_id, settings_used, on)
     where = node.get("NodeManagerHostname") or node["NodeID"][:12]
     log(f"measuring {len(variants)} variants on {where} ({cpus:g} CPUs held, {settings.threads} thread(s), "
         f"batch {', '.join(map(str, settings.batch_sizes))}) ...")
     identity: dict[str, Any] = {}
+    measuring = ray.remote(MeasuringNode).options(**options).remote()
     try:
         for group in groups(variants):
-            models = {str(v["id"]): Path(v["path"]).read_bytes() for v in group}
-            answer = ray.get(task.remote(models, settings_used, max(1, int(cpus))))
+            for variant in group:
+                ray.get(measuring.receive.remote(str(variant["id"]), Path(variant["path"]).read_bytes()))
+            answer = ray.get(measuring.measure.remote(settings_used, max(1, int(cpus))))
             identity = answer["node"]
             store.record_measurements(run_id, [
                 dict(variant_id=int(name), batch_size=batch, threads=settings.threads,
@@ -175,10 +180,21 @@ def run_stage(ray, store: ResultStore, sweep_id: str, settings, image_size: int,
         store.end_measurement(run_id, FAILED, seconds=time.perf_counter() - started, variants=0,
                               error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        _close(ray, measuring)
     _point_trials_at_fp32(store, sweep_id, run_id)
     seconds = time.perf_counter() - started
     store.end_measurement(run_id, FINISHED, seconds=seconds, variants=len(variants))
     return StageResult(run_id, len(variants), seconds, identity)
+
+
+def _close(ray, measuring) -> None:
+    """Remove the measuring actor's files and end it, which frees its node."""
+    try:
+        ray.get(measuring.close.remote(), timeout=60)
+    except Exception:  # the actor or its node is gone: nothing left to remove here
+        pass
+    ray.kill(measuring)
 
 
 def after_trials(ray, config, store: ResultStore, sweep_id: str, specs: list, *, wait_s: float,

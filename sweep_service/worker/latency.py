@@ -1,10 +1,11 @@
 """The measuring protocol: latency and peak memory of exported models, on the node that
 measures them.
 
-`measure_on_node` is the Ray task the measurement stage runs on a node it holds whole
-(sweep_service.coordinator.measurement). It writes the models it is handed to a temporary
-folder and measures them in fresh processes that import only ONNX Runtime and numpy, as a
-device serving a model would:
+`MeasuringNode` is the Ray actor the measurement stage places on a node it holds whole
+(sweep_service.coordinator.measurement). It is handed the models one file at a time, so
+that Ray's object store never holds more than one, keeps them in a temporary folder on its
+node, and measures them with `measure_files`: in fresh processes that import only ONNX
+Runtime and numpy, as a device serving a model would:
 
 - latency: one process loads every model, runs each `warmup` times, then `rounds` rounds
   in which every model runs `runs` timed calls on a fixed input, the order rotated by one
@@ -25,6 +26,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -172,33 +174,52 @@ def _cpu_quota(root: Path) -> float | None:
     return None
 
 
-def measure_on_node(models: dict[str, bytes], protocol: dict[str, Any], parallel: int = 1) -> dict[str, Any]:
-    """The Ray task of the measurement stage: time `models` ({name: ONNX bytes}) together with
-    `protocol` (threads, batch_sizes, warmup, rounds, runs, image_size), then measure each
-    one's peak memory, `parallel` processes at a time. Returns {"node": node_identity(),
-    "models": {name: {batch size: figures}}, "seconds": ...}."""
+def measure_files(paths: dict[str, str], protocol: dict[str, Any], parallel: int = 1) -> dict[str, Any]:
+    """Time the ONNX files `paths` ({name: path}) together with `protocol` (threads,
+    batch_sizes, warmup, rounds, runs, image_size), then measure each one's peak memory,
+    `parallel` processes at a time. Returns {"node": node_identity(), "models": {name:
+    {batch size: figures}}, "seconds": ...}."""
     start = time.perf_counter()
     node = node_identity()
-    with tempfile.TemporaryDirectory(prefix="sweep-measure-") as folder:
-        paths = {}
-        for index, (name, data) in enumerate(models.items()):
-            paths[name] = str(Path(folder) / f"{index}.onnx")
-            Path(paths[name]).write_bytes(data)
-        models = None  # the copies on disk are enough; drop the bytes before timing
-        timed = _run_fresh({"job": "latency", "paths": paths, **protocol}, protocol["threads"])
-        figures = {name: {int(batch): values for batch, values in by_batch.items()}
-                   for name, by_batch in timed.items()}
-        jobs = [(name, batch) for name in paths for batch in protocol["batch_sizes"]]
+    timed = _run_fresh({"job": "latency", "paths": paths, **protocol}, protocol["threads"])
+    figures = {name: {int(batch): values for batch, values in by_batch.items()} for name, by_batch in timed.items()}
+    jobs = [(name, batch) for name in paths for batch in protocol["batch_sizes"]]
 
-        def memory(job: tuple[str, int]) -> float:
-            name, batch = job
-            return _run_fresh({"job": "memory", "path": paths[name], "threads": protocol["threads"],
-                               "batch_size": batch, "image_size": protocol["image_size"]}, protocol["threads"])
+    def memory(job: tuple[str, int]) -> float:
+        name, batch = job
+        return _run_fresh({"job": "memory", "path": paths[name], "threads": protocol["threads"],
+                           "batch_size": batch, "image_size": protocol["image_size"]}, protocol["threads"])
 
-        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-            for (name, batch), peak in zip(jobs, pool.map(memory, jobs)):
-                figures[name][batch]["peak_rss_mb"] = peak
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        for (name, batch), peak in zip(jobs, pool.map(memory, jobs)):
+            figures[name][batch]["peak_rss_mb"] = peak
     return {"node": node, "models": figures, "seconds": time.perf_counter() - start}
+
+
+class MeasuringNode:
+    """The measuring node's side of the stage (a Ray actor): `receive` each model file of a
+    group, then `measure` them together; `close` removes what is left."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="sweep-measure-"))
+        self.paths: dict[str, str] = {}
+
+    def receive(self, name: str, data: bytes) -> None:
+        path = self.folder / f"{len(self.paths)}.onnx"
+        path.write_bytes(data)
+        self.paths[name] = str(path)
+
+    def measure(self, protocol: dict[str, Any], parallel: int = 1) -> dict[str, Any]:
+        """measure_files of the files received since the last call, which are then deleted."""
+        try:
+            return measure_files(self.paths, protocol, parallel)
+        finally:
+            for path in self.paths.values():
+                Path(path).unlink(missing_ok=True)
+            self.paths = {}
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _run_fresh(job: dict[str, Any], threads: int) -> Any:
