@@ -6,7 +6,9 @@ key) or with `setting()` (where things are, or how the hardware runs them: a tri
 another folder or run with more CPUs is the same trial). The key is a hash of the identity
 fields as sorted JSON, with KEY_VERSION: a re-run finds its finished trials by key, and a
 change to what identifies a trial is made deliberately, by changing KEY_VERSION (the
-known keys are pinned by tests/test_grid.py).
+known keys are pinned by tests/test_grid.py). An identity field added since is declared
+with `added_identity(default)`: it enters the key only when it differs from its default,
+which is what trials recorded before it existed did, so their keys stay as they were.
 
 This module imports nothing heavy: workers and the report use it.
 """
@@ -34,6 +36,12 @@ STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, SKIPPED)
 def identity(**kwargs) -> Any:
     """A field that determines the trial's result: part of its key."""
     return field(metadata={"identity": True}, **kwargs)
+
+
+def added_identity(default: Any) -> Any:
+    """An identity field added after KEY_VERSION 3: part of the key only when it is not
+    `default`."""
+    return field(default=default, metadata={"identity": True, "keyed_from": default})
 
 
 def setting(**kwargs) -> Any:
@@ -70,6 +78,9 @@ class TrialSpec:
     # The defaults are what specs recorded before these fields existed did: per-layer masks.
     grouping: str = identity(default="layer")
     allocation: str = identity(default="uniform")
+    # Pruned trials of channel pruners: each group keeps a multiple of this many channels
+    # (sweep_service.worker.groups.rounded_removal); 1 keeps what the rate gives.
+    round_to: int = added_identity(1)
     data_root: str = setting(default="")
     weights_dir: str = setting(default="")
     cpus: float = setting(default=1.0)
@@ -84,7 +95,9 @@ class TrialSpec:
         return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["identity"])
 
     def identity(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.identity_fields()}
+        """The identity fields, without an added one (`added_identity`) at its default."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["identity"]
+                and ("keyed_from" not in f.metadata or getattr(self, f.name) != f.metadata["keyed_from"])}
 
     @property
     def key(self) -> str:

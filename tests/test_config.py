@@ -66,6 +66,12 @@ def test_valid_config_resolves_paths_and_rate_ranges(tiny_config):
           "only masks; use allocation: uniform or pruners that return scores"]),
         ({"allocation": "global", "grouping": "layer"},
          ["allocation: allocation: global ranks channel groups, but grouping: layer prunes each layer at the rate"]),
+        ({"round_to": 0}, ["round_to", "greater than 0"]),
+        ({"round_to": 8, "grouping": "layer"},
+         ["round_to: round_to rounds the channels each group keeps, but grouping: layer keeps what NNI's per-layer "
+          "masks leave; use grouping: dependency or drop round_to"]),
+        ({"round_to": 8, "pruners": ["l1norm", "level"]},
+         ["pruner(s) level zero single weights and remove no channel; run them in a sweep without round_to"]),
     ],
 )
 def test_bad_field_names_the_field_and_allowed_values(tiny_config, changes, expected):

@@ -37,7 +37,7 @@ REPEAT_TOLERANCE = 0.40
 def edge_sweep(tmp_path_factory, data_root):
     folder = tmp_path_factory.mktemp("edge")
     config = dict(
-        name="edge", models=["resnet18", "mobilenet_v2"], pruners=["l1norm", "fpgm"], rates=[0.3, 0.6],
+        name="edge", models=["resnet18", "mobilenet_v2"], pruners=["l1norm", "fpgm"], rates=[0.3, 0.6], round_to=8,
         quantize=["fp32", "fp16", "int8"], dataset="synthetic", data_root=str(data_root), weights="none",
         baseline_epochs=2, finetune_epochs=1, batch_size=64, train_subset=2000, test_subset=500,
         optimizer={"lr": 0.05}, database=str(folder / "edge.db"), output_dir=str(folder / "out"),

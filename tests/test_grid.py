@@ -67,6 +67,22 @@ def test_grouping_and_allocation_are_part_of_a_trials_identity(tiny_config):
     assert (old.grouping, old.allocation) == ("layer", "uniform")
 
 
+def test_round_to_is_part_of_a_pruned_trials_identity_and_no_other_key_moves(tiny_config):
+    path, _ = tiny_config()
+    base = {s.label: s for s in expand(load_config(path))}
+    base_sweep = load_config(path).sweep_id()
+    rounded_path, _ = tiny_config(round_to=8)  # the same file, rewritten
+    rounded = {s.label: s for s in expand(load_config(rounded_path))}
+    for label, spec in rounded.items():
+        if spec.kind == "baseline":  # a baseline removes nothing: the sweeps share it
+            assert spec.round_to == 1 and spec.key == base[label].key
+        else:
+            assert spec.round_to == 8 and spec.key != base[label].key
+    # at its default the field is left out of the key, as it was before it existed
+    assert "round_to" not in next(s for s in base.values() if s.kind == "pruned").identity()
+    assert load_config(rounded_path).sweep_id() != base_sweep
+
+
 def test_spec_round_trips_through_json(tiny_config):
     path, _ = tiny_config()
     spec = list(expand(load_config(path)))[1]

@@ -17,12 +17,14 @@ from sweep_service.worker.groups import (
     removal_by_votes,
     removal_count,
     removal_from_scores,
+    rounded_removal,
 )
 from sweep_service.worker.pruning import (
     Choice,
     Plan,
     SpeedupMismatch,
     channel_sparsity,
+    filter_masks_from_scores,
     plan_pruning,
     prune_and_verify,
     pruned_channels,
@@ -130,6 +132,17 @@ def test_removal_count_is_the_nearest_whole_number_keeping_one():
     assert removal_count(0.99, 5) == 4 and removal_count(0.5, 1) == 0
 
 
+def test_rounding_keeps_the_nearest_multiple_and_never_empties_a_group():
+    # resnet18 at 30 %: 64, 128, 256, 512 channels would keep 45, 90, 179, 358
+    assert [c - rounded_removal(removal_count(0.3, c), c, 8) for c in (64, 128, 256, 512)] == [48, 88, 176, 360]
+    assert rounded_removal(3, 100, 8) == 4  # keeps 96 rather than 97 of a group that is no multiple
+    assert rounded_removal(1, 102, 8) == 0  # 101 is nearer 104 than 96, more than there are: none goes
+    assert rounded_removal(60, 64, 8) == 56  # keeps one multiple at least
+    assert rounded_removal(2, 6, 8) == 2  # a group smaller than the multiple keeps what the rate gives
+    assert rounded_removal(19, 64, 1) == 19
+    assert 64 - rounded_removal(20, 64, 8) == 48  # 44 is a tie between 40 and 48: keep more
+
+
 def test_uniform_takes_the_lowest_mean_member_score_of_each_group():
     model, groups, chosen = fork_groups()
     scores = {"a": torch.tensor([4.0, 0, 9, 1]), "b": torch.tensor([4.0, 9, 0, 1]), "c": torch.tensor([4.0, 0, 0, 1]),
@@ -189,6 +202,38 @@ def test_layer_grouping_keeps_what_one_coupled_layer_keeps():
         else:  # the depthwise conv that follows has no mask: nothing goes
             assert channels[layer] == [kept, kept]
         assert channel_sparsity(channels) < 0.2
+
+
+@pytest.mark.parametrize("name, allocation", [("resnet18", "uniform"), ("resnet18", "global"),
+                                              ("mobilenet_v2", "uniform")])
+def test_round_to_makes_every_group_keep_a_multiple_and_speedup_removes_exactly_that(name, allocation):
+    model, layers, groups = groups_of(name)
+    scores = load_plugins()["l1norm"].create().scores(model, layers, None)
+    plan = plan_pruning(model, groups, Choice(scores=scores), layers, 0.3, "dependency", allocation, round_to=8)
+    filters = {n: model.get_submodule(n).weight.shape[0] for n in layers}
+    plain = plan_pruning(model, groups, Choice(scores=scores), layers, 0.3, "dependency", allocation)
+    assert prune_and_verify(model, groups, plan, 32) <= 1e-4
+    channels = pruned_channels(model, layers, filters)
+    grouped = {m for g in groups if g.prunable and g.channels > 8 for m in g.members}
+    assert grouped and all(kept % 8 == 0 for n, (kept, _) in channels.items() if n in grouped)
+    assert any(kept < before for kept, before in channels.values())
+    # the same channels as without rounding, give or take the few that rounding moves
+    removed = sum(len(r) for r in plan.removal.values())
+    assert abs(removed - sum(len(r) for r in plain.removal.values())) <= 4 * len(plan.removal)
+
+
+def test_round_to_rounds_what_the_votes_remove():
+    """A plugin that returns masks: each group keeps a multiple of 8 of the most voted."""
+    model, layers, groups = groups_of("resnet18")
+    scores = load_plugins()["l1norm"].create().scores(model, layers, None)
+    masks = filter_masks_from_scores(model, layers, scores, 0.3)
+    plain, rounded = removal_by_votes(model, groups, masks), removal_by_votes(model, groups, masks, round_to=8)
+    for g in (g for g in groups if g.prunable):
+        kept, unrounded = g.channels - len(rounded[g.root]), g.channels - len(plain[g.root])
+        assert kept % 8 == 0 and abs(kept - unrounded) <= 4 and kept < g.channels
+    for root, channels in rounded.items():  # rounding adds or spares the channels nearest the line
+        fewer, more = sorted([set(channels.tolist()), set(plain[root].tolist())], key=len)
+        assert fewer <= more
 
 
 def test_a_mismatch_names_the_layers_whose_channels_differ():

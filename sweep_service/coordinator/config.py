@@ -184,6 +184,9 @@ class SweepConfig(_Strict):
     # uniform: each group loses the rate of its channels. global: channels are ranked across
     # groups by their plugin's scores, so some groups lose more than others.
     allocation: Literal["uniform", "global"] = "uniform"
+    # With grouping: dependency, each group keeps a multiple of this many channels (8 suits
+    # CPU runtimes; docs/edge.md); 1 keeps what the rate gives.
+    round_to: PositiveInt = 1
     prune_from: Literal["baseline", "pretrained"] = "baseline"
     resources: Resources = Resources()
     # Number format and memory layout of training (see sweep_service.worker.compute): fixed,
@@ -296,6 +299,23 @@ class SweepConfig(_Strict):
                              f"{', '.join(masks_only)} return only masks; use allocation: uniform or pruners "
                              "that return scores (GIVES in `python -m sweep_service plugins list`)")
         return allocation
+
+    @field_validator("round_to")
+    @classmethod
+    def _round_to_needs_channel_groups(cls, round_to: int, info: ValidationInfo) -> int:
+        if round_to == 1:
+            return round_to
+        if info.data.get("grouping") == "layer":
+            raise ValueError("round_to rounds the channels each group keeps, but grouping: layer keeps what NNI's "
+                             "per-layer masks leave; use grouping: dependency or drop round_to")
+        from sweep_service.plugins import UNSTRUCTURED, load_plugins
+
+        plugins = load_plugins()
+        weights_only = [p for p in info.data.get("pruners") or [] if plugins[p].cls.structure == UNSTRUCTURED]
+        if weights_only:
+            raise ValueError(f"round_to rounds the channels each group keeps, but pruner(s) {', '.join(weights_only)} "
+                             "zero single weights and remove no channel; run them in a sweep without round_to")
+        return round_to
 
     @field_validator("compute")
     @classmethod

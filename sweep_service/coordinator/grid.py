@@ -59,7 +59,7 @@ def expand(config: SweepConfig) -> Iterator[TrialSpec]:
                 for rate in config.rates:
                     yield TrialSpec(kind=PRUNED, model=model, pruner=pruner, rate=rate, seed=seed,
                                     epochs=config.finetune_epochs, baseline_key=baseline.key,
-                                    **_common(config))
+                                    round_to=config.round_to, **_common(config))
 
 
 def sweep_id(config: SweepConfig) -> str:

@@ -115,6 +115,7 @@ class TrialRow(Base):
     # Pruned trials: how the plugin's choice became what speedup removed (docs/pruning.md).
     grouping: Mapped[str | None] = mapped_column(String, default=None)  # "dependency" or "layer"
     allocation: Mapped[str | None] = mapped_column(String, default=None)  # "uniform" or "global"
+    round_to: Mapped[int | None] = mapped_column(Integer, default=None)  # channels kept: a multiple of this
 
     accuracy: Mapped[float | None] = mapped_column(default=None)  # top-1, fraction, after fine-tuning
     accuracy_pruned: Mapped[float | None] = mapped_column(default=None)  # right after speedup, before fine-tuning
@@ -294,7 +295,7 @@ RESULT_FIELDS = tuple(
     c.name
     for c in TrialRow.__table__.columns
     if c.name not in {"id", "sweep_id", "key", "kind", "model", "pruner", "rate", "seed", "spec_json", "grouping",
-                      "allocation", "attempts"}
+                      "allocation", "round_to", "attempts"}
 )
 VARIANT_FIELDS = ("format", "runtime", "path", "size_bytes", "compressed_bytes", "accuracy", "time_s", "error")
 MEASUREMENT_FIELDS = tuple(c.name for c in MeasurementRow.__table__.columns if c.name not in {"id", "run_id"})
@@ -432,7 +433,8 @@ class ResultStore:
                 s.add(TrialRow(sweep_id=sweep_id, key=spec.key, kind=spec.kind, model=spec.model,
                                pruner=spec.pruner, rate=spec.rate, seed=spec.seed, status=PENDING,
                                spec_json=spec.to_json(), grouping=spec.grouping if pruned else None,
-                               allocation=spec.allocation if pruned else None))
+                               allocation=spec.allocation if pruned else None,
+                               round_to=spec.round_to if pruned else None))
             return len(new)
 
     def reset_unfinished(self, sweep_id: str) -> int:

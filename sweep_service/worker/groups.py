@@ -121,6 +121,23 @@ def removal_count(rate: float, channels: int) -> int:
     return min(math.floor(rate * channels + 0.5), channels - 1)
 
 
+def rounded_removal(removed: int, channels: int, round_to: int) -> int:
+    """Channels a group of `channels` loses so that it keeps a multiple of `round_to`: the
+    multiple nearest to what losing `removed` keeps (a tie keeps more), at least one
+    `round_to`, at most every channel. A group of at most `round_to` channels loses
+    `removed`.
+
+    Why: CPU convolution kernels work on blocks of channels (8 or 16 at a time in ONNX
+    Runtime's), and a layer of, say, 179 channels falls back to a slower path; the model
+    can then run slower than the unpruned one (docs/edge.md). Torch-Pruning's `round_to`
+    serves the same purpose.
+    """
+    if round_to <= 1 or channels <= round_to:
+        return removed
+    kept = max(round_to, round_to * math.floor((channels - removed) / round_to + 0.5))
+    return max(0, channels - kept)
+
+
 def group_scores(group: Group, scores: dict[str, torch.Tensor]) -> torch.Tensor:
     """One score per group channel: the mean of the members' scores of that channel.
 
@@ -133,7 +150,7 @@ def group_scores(group: Group, scores: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def removal_from_scores(groups: list[Group], scores: dict[str, torch.Tensor], rate: float,
-                        allocation: str) -> Removal:
+                        allocation: str, round_to: int = 1) -> Removal:
     """The channels to remove, lowest group score first.
 
     uniform: each prunable group loses `removal_count(rate, channels)` channels.
@@ -145,11 +162,13 @@ def removal_from_scores(groups: list[Group], scores: dict[str, torch.Tensor], ra
         are removed as `uniform` removes at the rate (a channel removes one filter per
         member), each group keeping at least one channel. The two allocations at one rate
         remove equally many filters and differ only in where.
+    With `round_to`, each group's count is then rounded (`rounded_removal`), so the total
+    is near that of the rate rather than equal to it.
     """
     prunable = [g for g in groups if g.prunable]
     ranked = {g.root: group_scores(g, scores) for g in prunable}
     if allocation == "uniform":
-        return {g.root: torch.sort(torch.argsort(ranked[g.root], stable=True)[:removal_count(rate, g.channels)]).values
+        return {g.root: _lowest(ranked[g.root], rounded_removal(removal_count(rate, g.channels), g.channels, round_to))
                 for g in prunable}
     if allocation != "global":
         raise ValueError(f"allocation must be 'uniform' or 'global', got {allocation!r}")
@@ -171,7 +190,15 @@ def removal_from_scores(groups: list[Group], scores: dict[str, torch.Tensor], ra
             spent += cost
             if spent == budget:
                 break
+    if round_to > 1:  # a group's lowest channels by its normalised scores, as many as rounded
+        return {g.root: _lowest(normalised[i], rounded_removal(len(chosen[i]), g.channels, round_to))
+                for i, g in enumerate(prunable)}
     return {g.root: torch.tensor(sorted(c), dtype=torch.long) for g, c in zip(prunable, chosen)}
+
+
+def _lowest(values: torch.Tensor, count: int) -> torch.Tensor:
+    """The indices of the `count` lowest `values` (ties: the lower index), in order."""
+    return torch.sort(torch.argsort(values, stable=True)[:count]).values
 
 
 def removed_filters(mask: dict[str, torch.Tensor] | None, filters: int) -> torch.Tensor:
@@ -181,14 +208,14 @@ def removed_filters(mask: dict[str, torch.Tensor] | None, filters: int) -> torch
     return (mask["weight"].reshape(filters, -1) == 0).all(dim=1).cpu()
 
 
-def removal_by_votes(model: nn.Module, groups: list[Group], masks: Masks) -> Removal:
+def removal_by_votes(model: nn.Module, groups: list[Group], masks: Masks, round_to: int = 1) -> Removal:
     """One choice per group from a plugin's per-layer masks.
 
     Each member votes for the channels its mask removes (a member without a mask removes
     none). The group loses as many channels as its members remove on average (rounded to
-    the nearest, keeping one), those with the most votes; among channels with equally many
-    votes, the lower channel index goes first. A group of one layer keeps exactly its
-    layer's mask.
+    the nearest, keeping one; then by `rounded_removal`), those with the most votes; among
+    channels with equally many votes, the lower channel index goes first. A group of one
+    layer keeps exactly its layer's mask when `round_to` is 1.
     """
     modules = dict(model.named_modules())
     removal = {}
@@ -201,7 +228,8 @@ def removal_by_votes(model: nn.Module, groups: list[Group], masks: Masks) -> Rem
             filters = removed_filters(masks.get(m), modules[m].weight.shape[0])
             votes += filters[g.out_members[m]].float()
             removed += int(filters.sum())
-        count = min(math.floor(removed / len(g.members) + 0.5), g.channels - 1)
+        count = rounded_removal(min(math.floor(removed / len(g.members) + 0.5), g.channels - 1), g.channels,
+                                round_to)
         removal[g.root] = torch.sort(torch.argsort(-votes, stable=True)[:count]).values
     return removal
 

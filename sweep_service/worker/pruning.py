@@ -198,25 +198,29 @@ class Plan:
 
 
 def plan_pruning(model: nn.Module, groups: list[Group], choice: Choice, layers: list[str], rate: float,
-                 grouping: str, allocation: str) -> Plan:
+                 grouping: str, allocation: str, round_to: int = 1) -> Plan:
     """`grouping: dependency`: one choice per group (from scores at the `allocation`, or by
-    the members' votes), masks for all its members. `grouping: layer`: each layer's own
-    masks, as NNI's pruners give them; speedup then keeps, in each group, every channel
-    one of its layers keeps (`removal_by_union`)."""
+    the members' votes, each group keeping a multiple of `round_to` channels), masks for
+    all its members. `grouping: layer`: each layer's own masks, as NNI's pruners give
+    them; speedup then keeps, in each group, every channel one of its layers keeps
+    (`removal_by_union`)."""
     if grouping == "layer":
         if allocation != "uniform":
             raise ValueError("grouping: layer prunes each layer at the rate; allocation must be uniform")
+        if round_to != 1:
+            raise ValueError("grouping: layer keeps what NNI's per-layer masks leave; round_to needs grouping: "
+                             "dependency")
         masks = choice.masks if choice.masks is not None else filter_masks_from_scores(
             model, layers, choice.scores, rate)
         return Plan(masks, removal_by_union(model, groups, masks))
     if grouping != "dependency":
         raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
     if choice.scores is not None:
-        removal = removal_from_scores(groups, choice.scores, rate, allocation)
+        removal = removal_from_scores(groups, choice.scores, rate, allocation, round_to)
     elif allocation != "uniform":
         raise ValueError("allocation: global ranks scores; this plugin returns only masks")
     else:
-        removal = removal_by_votes(model, groups, choice.masks)
+        removal = removal_by_votes(model, groups, choice.masks, round_to)
     return Plan(group_masks(model, groups, removal), removal)
 
 

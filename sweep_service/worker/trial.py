@@ -271,7 +271,7 @@ def _prune(spec: TrialSpec, model: torch.nn.Module, train_set: datasets.ImageSet
     groups = phases.run("group", channel_groups, model, layers, spec.image_size)
     choice = phases.run("prune", run_plugin, plugin, model, spec.rate, layers, calibration)
     plan = phases.run("prune", plan_pruning, model, groups, choice, layers, spec.rate, spec.grouping,
-                      spec.allocation)
+                      spec.allocation, spec.round_to)
     filters_before = {name: model.get_submodule(name).weight.shape[0] for name in layers}
     difference = phases.run("speedup", prune_and_verify, model, groups, plan, spec.image_size)
     channels = pruned_channels(model, layers, filters_before)
