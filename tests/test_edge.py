@@ -24,11 +24,13 @@ ACCURACY_TOLERANCE = 0.03
 # at every rate); a depthwise convolution stores a float scale and a zero point per channel
 # beside its nine int8 weights, so mobilenet_v2 shrinks 3.3x unpruned and 2.4x pruned 60 %.
 INT8_SIZE_RATIO = {"resnet18": 0.3, "mobilenet_v2": 0.45}
-# Two measurements of the same sweep, minutes apart, agree within these per variant. The
-# issue asks for 10 %; on a shared 2-CPU host, one run in four moved resnet18's variants
-# together (fp32 +33 %, fp16 +26 %, int8 +11 %) while mobilenet_v2's stayed within 3 %:
-# other processes' memory traffic, which weighs most on weights larger than the last-level
-# cache (resnet18 fp32: 45 MB). The latency in the trial, before the stage, differed 3.7x.
+# Two measurements of the same sweep, minutes apart: the issue asks for 10 %. With
+# round_to: 8, six pairs of runs on a shared 2-CPU host had 28 to 30 of the 30 variants
+# within 10 %; the misses were unpruned resnet18 fp32 and fp16 (up to 19 %), whose 45 MB of
+# weights, more than the last-level cache, are read from memory at every call, so that other
+# tenants' memory traffic on the host shows (docs/edge.md). Every variant is held to these.
+# (The latency in the trial, before the measurement stage existed, differed 3.7x.)
+REPEAT_WITHIN_10 = 24
 REPEAT_TOLERANCE_INT8 = 0.20
 REPEAT_TOLERANCE = 0.40
 
@@ -102,6 +104,7 @@ def test_measuring_twice_agrees_and_no_pruned_model_is_slower_by_chance(edge_swe
     apart = {(m["model"], m["pruner"], m["rate"], m["format"]): abs(m["latency_ms"] / medians[m["variant_id"]] - 1)
              for m in second}
     worst = sorted(apart.items(), key=lambda item: -item[1])[:5]
+    assert sum(v <= 0.10 for v in apart.values()) >= REPEAT_WITHIN_10, worst
     assert max(v for k, v in apart.items() if k[3] == "int8") <= REPEAT_TOLERANCE_INT8, worst
     assert max(apart.values()) <= REPEAT_TOLERANCE, worst
 
