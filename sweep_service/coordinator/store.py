@@ -723,9 +723,13 @@ def _open_for_writing(path: Path):
     engine = create_engine(f"sqlite:///{path}", future=True)
     event.listen(engine, "connect", _writer_pragmas)
     try:
-        _create_or_upgrade(engine)
+        # Marked ours before any table is made: SQLite commits each CREATE TABLE on its own, and
+        # another coordinator opening the file meanwhile would see some of our tables without
+        # the mark, as another program's.
         with engine.begin() as c:
             c.exec_driver_sql(f"PRAGMA application_id = {APPLICATION_ID}")
+        _create_or_upgrade(engine)
+        with engine.begin() as c:
             c.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except DBAPIError as exc:
         engine.dispose()
@@ -735,14 +739,19 @@ def _open_for_writing(path: Path):
 
 def _create_or_upgrade(engine) -> None:
     """Create the missing tables and columns. Another coordinator (of another sweep) may make
-    the same table or column between our look and our change: then look again."""
-    for attempt in range(3):
+    the same table or column between our look and our change: then look again. Each such
+    collision means the other made one of them, so there are at most as many as there are
+    tables and columns."""
+    tables = Base.metadata.tables.values()
+    attempts = len(tables) + sum(len(table.columns) for table in tables)
+    for attempt in range(attempts):
         try:
             Base.metadata.create_all(engine)
             _add_new_columns(engine)
             return
         except OperationalError as exc:
-            if attempt == 2 or not any(text in str(exc.orig) for text in ("already exists", "duplicate column")):
+            if attempt == attempts - 1 or not any(text in str(exc.orig)
+                                                  for text in ("already exists", "duplicate column")):
                 raise
 
 
