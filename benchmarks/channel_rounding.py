@@ -60,7 +60,12 @@ def main() -> None:
     silence_libraries()
     torch.manual_seed(0)
     calibration = [torch.randn(8, 3, IMAGE_SIZE, IMAGE_SIZE).numpy() for _ in range(2)]
-    folder = Path(tempfile.mkdtemp(prefix="channel-rounding-"))
+    with tempfile.TemporaryDirectory(prefix="channel-rounding-") as folder:
+        run(args, calibration, Path(folder))
+
+
+def run(args: argparse.Namespace, calibration: list, folder: Path) -> None:
+    """Prune, export and time every model, its files in `folder`; print the table."""
     paths: dict[str, str] = {}
     rows: list[tuple[str, float, int, list[int], int]] = []
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,7 +58,10 @@ def two_models() -> dict[str, bytes]:
 
 def test_protocol_runs_in_fresh_processes(two_models):
     protocol = dict(threads=1, batch_sizes=[1, 4], warmup=2, rounds=4, runs=5, image_size=32)
+    abandoned = Path(tempfile.mkdtemp(prefix=f"{MeasuringNode.PREFIX}{2**22 + 1}-"))  # above Linux's pid_max
+    (abandoned / "0.onnx").write_bytes(two_models["fp32"])
     node = MeasuringNode()
+    assert not abandoned.exists()  # a killed stage's files go when the next one starts
     for name, data in two_models.items():
         node.receive(name, data)
     answer = node.measure(protocol, parallel=2)

@@ -198,10 +198,17 @@ def measure_files(paths: dict[str, str], protocol: dict[str, Any], parallel: int
 
 class MeasuringNode:
     """The measuring node's side of the stage (a Ray actor): `receive` each model file of a
-    group, then `measure` them together; `close` removes what is left."""
+    group, then `measure` them together; `close` removes what is left.
+
+    A stage whose coordinator was killed leaves its folder behind (a killed actor runs no
+    clean-up); the next one on the node removes it, so that a device's small disk does not
+    fill up with model files. Each folder is named after the process that made it."""
+
+    PREFIX = "sweep-measure-"
 
     def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="sweep-measure-"))
+        _remove_abandoned(Path(tempfile.gettempdir()), self.PREFIX)
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-"))
         self.paths: dict[str, str] = {}
 
     def receive(self, name: str, data: bytes) -> None:
@@ -220,6 +227,14 @@ class MeasuringNode:
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _remove_abandoned(parent: Path, prefix: str) -> None:
+    """Remove the folders `prefix`PID-... in `parent` whose process is gone."""
+    for folder in parent.glob(f"{prefix}*-*"):
+        pid = folder.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run_fresh(job: dict[str, Any], threads: int) -> Any:
