@@ -152,6 +152,16 @@ def test_a_sweep_recorded_before_these_figures_still_reports(tmp_path):
     assert "not recorded on the trials" in html and "Not recorded (trials from before" in html
 
 
+def test_the_report_says_whether_channels_were_rounded(tmp_path):
+    db = tmp_path / "r.db"
+    seed_sweep(db, models=["resnet18"], pruners=["l1norm"], rates=[0.3, 0.6])
+    kept = "channels kept per group</dt><dd>"
+    assert f"{kept}as the rate gives<" in write_report(db, tmp_path / "plain").read_text()
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE trials SET round_to = 8 WHERE kind = 'pruned'")
+    assert f"{kept}a multiple of 8<" in write_report(db, tmp_path / "rounded").read_text()
+
+
 def test_recommend_status_and_export_give_mean_and_interval(seeded, results, capsys):
     rec = recommend(results, Limits(max_params=3_000_000))
     assert rec.chosen["model"] == "mobilenet_v2" and rec.chosen["n"] == 3
