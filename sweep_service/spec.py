@@ -90,10 +90,6 @@ class TrialSpec:
     # more makes the missing ones from the saved models without retraining.
     quantize: tuple[str, ...] = setting(default=("fp32",))
 
-    @classmethod
-    def identity_fields(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["identity"])
-
     def identity(self) -> dict[str, Any]:
         """The identity fields, without an added one (`added_identity`) at its default."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["identity"]

@@ -230,7 +230,7 @@ def removal_by_votes(model: nn.Module, groups: list[Group], masks: Masks, round_
             removed += int(filters.sum())
         count = rounded_removal(min(math.floor(removed / len(g.members) + 0.5), g.channels - 1), g.channels,
                                 round_to)
-        removal[g.root] = torch.sort(torch.argsort(-votes, stable=True)[:count]).values
+        removal[g.root] = _lowest(-votes, count)
     return removal
 
 
