@@ -168,6 +168,9 @@ def _measure(args: argparse.Namespace) -> int:
     print("\n".join(measurement.summary_lines(store, sweep["sweep_id"])))
     print(f"measured {stage.variants} variants of sweep {sweep['sweep_id']} in {stage.seconds:.1f} s "
           f"(measurement run {stage.run_id})")
+    earlier = measurement.agreement(store, sweep["sweep_id"], stage.run_id)
+    if earlier:
+        print(measurement.agreement_line(earlier))
     return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweep_service.coordinator.measurement import FASTER, SLOWER, compare_latency, stage_share
+from sweep_service.coordinator.measurement import FASTER, SLOWER, agreement, compare_latency, stage_share
 from sweep_service.coordinator.store import ResultStore
 from tests.conftest import run_cli
 
@@ -100,13 +100,14 @@ def test_measuring_twice_agrees_and_no_pruned_model_is_slower_by_chance(edge_swe
         result = run_cli("measure", "--db", str(store.path), timeout=900)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "measured 30 variants" in result.stdout
+    assert "(same node and protocol): " in result.stdout  # the command compares its run with the one before
     runs = [r for r in store.measurement_runs(sweep_id) if r["status"] == "finished"]
     first, second = (store.measurements(sweep_id, r["id"]) for r in runs[-2:])
-    medians = {m["variant_id"]: m["latency_ms"] for m in first}
-    apart = {(m["model"], m["pruner"], m["rate"], m["format"]): abs(m["latency_ms"] / medians[m["variant_id"]] - 1)
-             for m in second}
+    found = agreement(store, sweep_id, runs[-1]["id"])
+    assert found.earlier_run == runs[-2]["id"] and len(found.changes) == 30
+    apart = {(m["model"], m["pruner"], m["rate"], m["format"]): abs(change) for m, change in found.changes}
     worst = sorted(apart.items(), key=lambda item: -item[1])[:5]
-    assert sum(v <= 0.10 for v in apart.values()) >= REPEAT_WITHIN_10, worst
+    assert found.within >= REPEAT_WITHIN_10, worst
     assert max(v for k, v in apart.items() if k[3] == "int8") <= REPEAT_TOLERANCE_INT8, worst
     assert max(apart.values()) <= REPEAT_TOLERANCE, worst
 

@@ -9,9 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from seed_db import EDGE_NODE, seed_sweep, seed_variants
 
 from model_zoo import create_model
-from sweep_service.coordinator.measurement import FASTER, SAME, SLOWER, compare_latency, groups
+from sweep_service.coordinator.measurement import (
+    FASTER,
+    SAME,
+    SLOWER,
+    agreement,
+    agreement_line,
+    compare_latency,
+    groups,
+)
+from sweep_service.coordinator.store import MEASUREMENT_FIELDS, ResultStore
 from sweep_service.worker.latency import MeasuringNode, node_identity, summarize, usable_cpus
 from sweep_service.worker.variants import export_onnx, quantize_int8
 
@@ -33,6 +43,44 @@ def test_a_difference_counts_when_nine_rounds_of_ten_agree():
     assert compare_latency(slower_in(8), baseline) == compare_latency(slower_in(2), baseline) == SAME
     assert compare_latency(slower_in(1), baseline) == compare_latency(slower_in(0), baseline) == FASTER
     assert compare_latency(baseline, baseline) == SAME
+
+
+def test_a_run_is_compared_with_the_last_one_of_its_node_and_protocol(tmp_path):
+    sweep_id = seed_sweep(tmp_path / "r.db", output_dir=tmp_path / "out")
+    seed_variants(tmp_path / "r.db", sweep_id, tmp_path / "out" / "models")  # run 1 on EDGE_NODE
+    store = ResultStore(tmp_path / "r.db")
+    first = store.measurements(sweep_id)
+    protocol = json.loads(store.measurement_runs(sweep_id)[0]["protocol_json"])
+
+    def again(change, node=EDGE_NODE, **protocol_changes) -> int:
+        run_id = store.begin_measurement(sweep_id, {**protocol, **protocol_changes}, "edge")
+        store.record_measurements(run_id, [
+            {**{k: m[k] for k in MEASUREMENT_FIELDS}, **node, "latency_ms": m["latency_ms"] * (1 + change(m))}
+            for m in first])
+        store.end_measurement(run_id, "finished", seconds=1.0, variants=len(first))
+        return run_id
+
+    moved = {m["variant_id"] for m in first if m["format"] == "fp32" and m["kind"] == "baseline"}
+    def drift(m) -> float:
+        return 0.2 if m["variant_id"] in moved else -0.01
+
+    second = again(drift)
+    found = agreement(store, sweep_id, second)
+    assert found.earlier_run == 1 and len(found.changes) == len(first)
+    assert found.within == len(first) - 2 * len(moved)  # batch sizes 1 and 8
+    assert {m["variant_id"] for m, _ in found.changes[:2 * len(moved)]} == moved
+    assert all(c == pytest.approx(0.2) for _, c in found.changes[:2 * len(moved)])
+    line = agreement_line(found)
+    assert line.startswith(f"against measurement run 1 (same node and protocol): {found.within} of {len(first)} "
+                           "within 10%; most moved: ") and " baseline fp32 batch " in line and "+20%" in line
+
+    elsewhere = again(lambda m: 0.5, node={**EDGE_NODE, "node_host": "edge-2"})
+    assert agreement(store, sweep_id, elsewhere) is None  # no earlier run on edge-2
+    other_protocol = again(lambda m: 0.5, rounds=30)
+    assert agreement(store, sweep_id, other_protocol) is None
+    latest = again(drift)  # as the run before it on this node, with this protocol
+    assert agreement(store, sweep_id, latest).earlier_run == second  # skips the other node's and protocol's runs
+    assert agreement(store, sweep_id, latest).within == len(first)
 
 
 def test_groups_keep_a_model_whole_and_respect_the_size_limit():

@@ -49,6 +49,9 @@ FINISHED, FAILED = "finished", "failed"
 # or 10 coin tosses). Otherwise the two are the same within the host's noise.
 CONSISTENT_ROUNDS = 0.9
 FASTER, SLOWER, SAME = "faster", "slower", "same"
+# Two runs of the same protocol on the same node "agree" on a variant whose median moved by
+# at most this share between them.
+AGREE_WITHIN = 0.10
 
 
 class MeasurementUnavailable(RuntimeError):
@@ -249,6 +252,58 @@ def compare_latency(model: dict[str, Any], reference: dict[str, Any]) -> str:
     if sum(a < b for a, b in zip(ours, theirs)) >= CONSISTENT_ROUNDS * len(ours):
         return FASTER
     return SAME
+
+
+@dataclass
+class Agreement:
+    """How a measurement run's medians compare with an earlier run of the same protocol on
+    the same node: `changes` pairs each of this run's rows with its relative change,
+    largest first."""
+
+    earlier_run: int
+    changes: list[tuple[dict[str, Any], float]]
+
+    @property
+    def within(self) -> int:
+        return sum(abs(change) <= AGREE_WITHIN for _, change in self.changes)
+
+
+def agreement(store: ResultStore, sweep_id: str, run_id: int) -> Agreement | None:
+    """Run `run_id` against the latest earlier finished run of the sweep with the same
+    protocol on the same node (host and CPU) that measured any of the same variants, or None.
+    A node's speed drifts between runs (docs/edge.md), so this tells how far its figures
+    can be compared across runs; within a run they are compared fairly."""
+    runs = store.measurement_runs(sweep_id)
+    protocol = next(r["protocol_json"] for r in runs if r["id"] == run_id)
+    this = {(m["variant_id"], m["batch_size"]): m for m in store.measurements(sweep_id, run_id)
+            if m["latency_ms"] is not None}
+    nodes = {(m["node_host"], m["cpu_model"]) for m in this.values()}
+    for run in reversed(runs):
+        if run["id"] >= run_id or run["status"] != FINISHED or run["protocol_json"] != protocol:
+            continue
+        before = {(m["variant_id"], m["batch_size"]): m for m in store.measurements(sweep_id, run["id"])
+                  if m["latency_ms"]}
+        if {(m["node_host"], m["cpu_model"]) for m in before.values()} != nodes:
+            continue
+        changes = [(m, m["latency_ms"] / before[key]["latency_ms"] - 1) for key, m in this.items() if key in before]
+        if changes:
+            return Agreement(run["id"], sorted(changes, key=lambda change: -abs(change[1])))
+    return None
+
+
+def agreement_line(found: Agreement, shown: int = 3) -> str:
+    """One line for the `measure` command: how many variants agree with the earlier run, and
+    the ones that moved most."""
+    batches = {m["batch_size"] for m, _ in found.changes}
+
+    def label(m: dict[str, Any]) -> str:
+        name = f"{m['model']} {'baseline' if m['kind'] == BASELINE else m['pruner'] + ' ' + fmt.rate(m['rate'])}"
+        return f"{name} {m['format']}" + (f" batch {m['batch_size']}" if len(batches) > 1 else "")
+
+    moved = ", ".join(f"{label(m)} {change:+.0%}" for m, change in found.changes[:shown])
+    return (f"against measurement run {found.earlier_run} (same node and protocol): {found.within} of "
+            f"{len(found.changes)} within {AGREE_WITHIN:.0%}; most moved: {moved}. A node's speed drifts between "
+            "runs; models are compared fairly within one (docs/edge.md)")
 
 
 def stage_share(store: ResultStore, sweep_id: str) -> tuple[float, float] | None:
