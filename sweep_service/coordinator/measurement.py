@@ -36,6 +36,7 @@ from typing import Any, Callable
 from sweep_service.coordinator.store import ResultStore
 from sweep_service.coordinator.variants import make_missing_variants
 from sweep_service.report import fmt
+from sweep_service.report.results import trial_label
 from sweep_service.spec import BASELINE, COMPLETED
 from sweep_service.worker.runtime import FORMATS
 
@@ -275,8 +276,7 @@ def agreement(store: ResultStore, sweep_id: str, run_id: int) -> Agreement | Non
     can be compared across runs; within a run they are compared fairly."""
     runs = store.measurement_runs(sweep_id)
     protocol = next(r["protocol_json"] for r in runs if r["id"] == run_id)
-    this = {(m["variant_id"], m["batch_size"]): m for m in store.measurements(sweep_id, run_id)
-            if m["latency_ms"] is not None}
+    this = {(m["variant_id"], m["batch_size"]): m for m in store.measurements(sweep_id, run_id) if m["latency_ms"]}
     nodes = {(m["node_host"], m["cpu_model"]) for m in this.values()}
     for run in reversed(runs):
         if run["id"] >= run_id or run["status"] != FINISHED or run["protocol_json"] != protocol:
@@ -297,8 +297,7 @@ def agreement_line(found: Agreement, shown: int = 3) -> str:
     batches = {m["batch_size"] for m, _ in found.changes}
 
     def label(m: dict[str, Any]) -> str:
-        name = f"{m['model']} {'baseline' if m['kind'] == BASELINE else m['pruner'] + ' ' + fmt.rate(m['rate'])}"
-        return f"{name} {m['format']}" + (f" batch {m['batch_size']}" if len(batches) > 1 else "")
+        return trial_label(m) + (f" batch {m['batch_size']}" if len(batches) > 1 else "")
 
     moved = ", ".join(f"{label(m)} {change:+.0%}" for m, change in found.changes[:shown])
     return (f"against measurement run {found.earlier_run} (same node and protocol): {found.within} of "
